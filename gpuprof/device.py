@@ -1,0 +1,187 @@
+"""What the GPU is, what software runs it, and the datasheet table used only where nothing was measured."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gpuprof.errors import NoGPUError
+
+
+@dataclass(frozen=True)
+class GPUInfo:
+    name: str
+    sm_count: int
+    memory_bytes: int
+    l2_bytes: int
+    driver: str | None
+    cuda: str | None
+    compute_capability: str
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    max_sm_clock_mhz: int | None = None
+    max_mem_clock_mhz: int | None = None
+
+    def manifest(self) -> dict:
+        """The record contract's `gpu` object (extra keys are allowed there)."""
+        return asdict(self)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def require_gpu(what: str = "this command") -> None:
+    """Raise a one-sentence error when no CUDA GPU is visible."""
+    if not cuda_available():
+        raise NoGPUError(
+            f"{what} needs an NVIDIA GPU, and none is visible here (torch.cuda.is_available() is False); "
+            "run it on a machine with a CUDA GPU, or read committed results with `gpuprof report`."
+        )
+
+
+def _nvml_details(index: int) -> dict:
+    """Driver and clocks from NVML; empty where NVML is absent or refuses."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return {}
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        out: dict = {"driver": _text(pynvml.nvmlSystemGetDriverVersion())}
+        for key, fn, clock in (
+            ("sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM),
+            ("mem_clock_mhz", pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_MEM),
+            ("max_sm_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, pynvml.NVML_CLOCK_SM),
+            ("max_mem_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, pynvml.NVML_CLOCK_MEM),
+        ):
+            try:
+                out[key] = int(fn(h, clock))
+            except pynvml.NVMLError:
+                out[key] = None
+        return out
+    except pynvml.NVMLError:
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def info(index: int | None = None) -> GPUInfo | None:
+    """Describe the current (or given) CUDA device; None where no GPU is visible."""
+    if not cuda_available():
+        return None
+    import torch
+
+    index = torch.cuda.current_device() if index is None else index
+    p = torch.cuda.get_device_properties(index)
+    nv = _nvml_details(index)
+    return GPUInfo(
+        name=p.name,
+        sm_count=p.multi_processor_count,
+        memory_bytes=p.total_memory,
+        l2_bytes=getattr(p, "L2_cache_size", 0),
+        driver=nv.get("driver"),
+        cuda=torch.version.cuda,
+        compute_capability=f"{p.major}.{p.minor}",
+        sm_clock_mhz=nv.get("sm_clock_mhz"),
+        mem_clock_mhz=nv.get("mem_clock_mhz"),
+        max_sm_clock_mhz=nv.get("max_sm_clock_mhz"),
+        max_mem_clock_mhz=nv.get("max_mem_clock_mhz"),
+    )
+
+
+# Distribution names of the packages the record contract names under `versions`.
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "triton": ("triton",),
+    "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
+    "nvtx": ("nvtx",),
+    "pynvml": ("nvidia-ml-py", "pynvml"),
+    "gpuprof": ("gpuprof",),
+}
+
+
+def software_versions() -> dict[str, str | None]:
+    """The `versions` object of the record contract: installed versions, None where absent."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for key, dists in _DISTRIBUTIONS.items():
+        out[key] = None
+        for dist in dists:
+            try:
+                out[key] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    if out["gpuprof"] is None:
+        from gpuprof import __version__
+
+        out["gpuprof"] = __version__
+    return out
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The commit of the gpuprof checkout (with `-dirty` when it has changes); None outside git."""
+    where = path or Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def gpu_slug(name: str) -> str:
+    """A folder name for a GPU: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-gpu"
+
+
+@dataclass(frozen=True)
+class Datasheet:
+    """Vendor figures: dense (no sparsity) tensor-core rates, and the memory bandwidth."""
+
+    name: str
+    pattern: str  # a regular expression searched in the lower-cased device name
+    memory_gbps: float
+    fp16_tflops: float
+    bf16_tflops: float
+    fp32_tflops: float
+    source: str
+
+
+# Only where nothing was measured; always reported with source "datasheet".
+DATASHEETS: tuple[Datasheet, ...] = (
+    Datasheet("H100 SXM5 80GB", r"\bh100\b.*\bhbm3\b", 3350, 989.4, 989.4, 66.9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
+    Datasheet("H100 PCIe 80GB", r"\bh100\b.*\bpcie\b", 2000, 756.5, 756.5, 51.2, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)"),
+    Datasheet("H200 SXM 141GB", r"\bh200\b", 4800, 989.4, 989.4, 66.9, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+    Datasheet("A100 SXM4 80GB", r"\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
+    Datasheet("A100 SXM4 40GB", r"\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)"),
+    Datasheet("L40S", r"\bl40s\b", 864, 362.05, 362.05, 91.6, "NVIDIA L40S GPU datasheet"),
+    Datasheet("L4", r"\bl4\b", 300, 121.0, 121.0, 30.3, "NVIDIA L4 Tensor Core GPU datasheet"),
+    Datasheet("RTX 4090", r"\b4090\b", 1008, 165.2, 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090, FP32 accumulate)"),
+)
+
+
+def datasheet_for(name: str) -> Datasheet | None:
+    """The datasheet entry whose pattern matches the device name; None for GPUs not in the table."""
+    lowered = name.lower()
+    return next((d for d in DATASHEETS if re.search(d.pattern, lowered)), None)

@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from gpuprof.bench import check, CheckFailed, measure_point, relative_error, rotation_sets
+from gpuprof.errors import Unsupported
+from gpuprof.harness import TimingOptions
+from gpuprof.ops import get_op
+from gpuprof.ops.base import Launch, Op, Work
+
+QUICK = TimingOptions(warmup_ms=0, max_time_s=0.05, min_reps=3)
+
+
+class Scale(Op):
+    """y = 2x, with deliberately broken implementations to check that checks catch them."""
+
+    kernel = "scale"
+    impls = ("good", "skips-last", "wrong", "unsupported", "raises")
+    shape_keys = ("n",)
+
+    def work(self, shape, dtype):
+        return Work(bytes=8 * shape["n"], flops=shape["n"])
+
+    def input_bytes(self, shape, dtype):
+        return 8 * shape["n"]
+
+    def make_inputs(self, shape, dtype, device, generator):
+        return {"x": torch.randn(shape["n"], generator=generator)}
+
+    def launch(self, impl, inputs):
+        x = inputs["x"]
+        out = torch.empty_like(x)
+        if impl == "unsupported":
+            raise Unsupported("scale/unsupported cannot run this shape.")
+
+        def run():
+            if impl == "raises":
+                raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+            n = x.numel() - (1 if impl == "skips-last" else 0)
+            out[:n] = x[:n] * (2.001 if impl == "wrong" else 2)
+            return out
+
+        return Launch(run=run, out=out)
+
+    def reference(self, inputs):
+        return inputs["x"].double() * 2
+
+    def tolerance(self, dtype):
+        return 1e-6
+
+
+@pytest.mark.parametrize(
+    "impl, status, error",
+    [
+        ("good", "ok", None),
+        ("skips-last", "error", "unwritten"),
+        ("wrong", "error", "relative error"),
+        ("unsupported", "unsupported", "cannot run"),
+        ("raises", "error", "RuntimeError: CUDA error: an illegal memory access was encountered"),
+    ],
+)
+def test_measure_point_outcomes(impl, status, error):
+    p = measure_point(Scale(), impl, {"n": 257}, "fp32", device="cpu", options=QUICK, peaks={"copy_gbps": 1.0})
+    assert p["status"] == status
+    if error:
+        assert error in p["error"] and "\n" not in p["error"]
+    else:
+        assert p["time_us"] > 0 and p["gbps"] > 0 and p["pct_copy_bw"] is not None and p["max_rel_err"] < 1e-6
+    assert p["bytes"] == 8 * 257 and p["kernel"] == "scale" and p["n"] == 257
+
+
+def test_relative_error():
+    ref = torch.tensor([3.0, 4.0])
+    assert relative_error(ref, ref) == 0
+    assert relative_error(torch.tensor([3.0, 4.5]), ref) == pytest.approx(0.1)
+    assert relative_error(torch.tensor([3.0, math.nan]), ref) == math.inf
+    with pytest.raises(CheckFailed, match="shape"):
+        relative_error(torch.zeros(3), ref)
+
+
+@pytest.mark.parametrize(
+    "input_bytes, l2, sets", [(10, 0, 1), (200, 100, 1), (150, 100, 2), (30, 100, 10), (1, 100, 1)]
+)
+def test_rotation_sets(input_bytes, l2, sets):
+    assert rotation_sets(input_bytes, l2) == sets
+
+
+@pytest.mark.parametrize("kernel, shape, dtype", [
+    ("copy", {"n": 1000}, "bf16"),
+    ("read", {"n": 70001}, "fp16"),
+    ("read", {"n": 3}, "fp32"),
+    ("matmul", {"m": 17, "n": 33, "k": 65}, "fp32"),
+    ("matmul", {"m": 16, "n": 16, "k": 128}, "bf16"),
+])
+def test_builtin_ops_pass_their_checks(kernel, shape, dtype, device):
+    op = get_op(kernel)
+    inputs = op.make_inputs(shape, dtype, device, torch.Generator().manual_seed(1))
+    assert check(op, op.impls[0], inputs, dtype) <= op.tolerance(dtype)
+
+
+def test_work_counts():
+    assert get_op("copy").work({"n": 10}, "bf16") == Work(bytes=40, flops=0)
+    assert get_op("read").work({"n": 10}, "fp32") == Work(bytes=40, flops=10)
+    assert get_op("matmul").work({"m": 2, "n": 3, "k": 4}, "fp16") == Work(bytes=(8 + 12 + 6) * 2, flops=48)
