@@ -264,14 +264,15 @@ def plot_roofline(data: RunData, series: Mapping[tuple, list[dict]], path: Path)
         comps = list(dict.fromkeys(c for m, d, c, _ in series if (m, d) == (model, dtype)))
         handles = [Line2D([], [], marker=MARKERS.get(c, "x"), linestyle="", color="grey", markeredgecolor="black",
                           label=_label(c, None, False)) for c in comps]
-        ax.legend(handles=handles + ax.get_lines(), fontsize=8, loc="upper left")
+        roofs = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        ax.legend(handles=handles + roofs, fontsize=8, loc="upper left")
     if scatter is not None:
         bar = fig.colorbar(scatter, ax=list(axes[0]), shrink=0.9)
         bar.set_label("batch size")
         bar.set_ticks(batches)
         bar.set_ticklabels([str(b) for b in batches])
         bar.ax.minorticks_off()
-    fig.suptitle(f"Roofline, {_gpu_name(data)}: fastest ok implementation per point; ceilings {_peaks_source(data)}")
+    fig.suptitle(f"Roofline, {_gpu_name(data)}: fastest ok implementation per point; ceilings: {_peaks_source(data)}")
     fig.savefig(path)
 
 
@@ -282,8 +283,8 @@ def _draw_roof(ax, peaks: Mapping, dtype: str, ridge: float, lo: float, hi: floa
     ax.plot([ridge, hi], [tflops, tflops], color="black", linestyle="--", linewidth=1.5,
             label=f"{dtype} matmul roof: {tflops:,.0f} TFLOP/s")
     ax.axvline(ridge, color="grey", linestyle=":", linewidth=1)
-    ax.annotate(f"ridge point\n{ridge:,.0f} FLOP/B", (ridge, tflops), textcoords="offset points", xytext=(4, -28),
-                fontsize=8, color="dimgrey")
+    ax.text(ridge * 1.08, 0.03, f"ridge point\n{ridge:,.0f} FLOP/B", transform=ax.get_xaxis_transform(),
+            fontsize=8, color="dimgrey")
 
 
 def plot_utilization(data: RunData, series: Mapping[tuple, list[dict]], path: Path) -> dict[str, str | None]:
@@ -295,9 +296,9 @@ def plot_utilization(data: RunData, series: Mapping[tuple, list[dict]], path: Pa
     batches = sorted({p["batch"] for p in all_points})
     many_ctx = len({k[3] for k in series if k[2] == "attention"}) > 1
     for row, (model, dtype) in zip(axes, models):
-        for ax, source in zip(row, (dram, compute)):
+        for ax, source, what in zip(row, (dram, compute), ("memory", "compute")):
             _batch_axis(ax, batches)
-            ax.set_title(f"{model}, {dtype}")
+            ax.set_title(f"{model}, {dtype}: {what}")
             if source is None:
                 ax.text(0.5, 0.5, "no column for this metric in the run", ha="center", transform=ax.transAxes)
                 continue
@@ -322,6 +323,8 @@ def plot_utilization(data: RunData, series: Mapping[tuple, list[dict]], path: Pa
 
 def plot_decode_step(data: RunData, steps: Sequence[Step], path: Path) -> None:
     """Per model: step time (total and attention's part) and token throughput against batch, plateau marked."""
+    from matplotlib.ticker import FuncFormatter
+
     models = list(dict.fromkeys((s.model, s.dtype) for s in steps))
     fig, axes = _figure(len(models), 2)
     batches = sorted({s.batch for s in steps})
@@ -345,10 +348,13 @@ def plot_decode_step(data: RunData, steps: Sequence[Step], path: Path) -> None:
                                  fontsize=8, color=line.get_color())
         for ax in row:
             _batch_axis(ax, batches)
-            ax.set_yscale("log")
-            ax.set_title(f"{model}, {dtype}")
             ax.legend(fontsize=8)
+        time_ax.set_yscale("log")  # the step spans milliseconds to hundreds of them
+        time_ax.set_title(f"{model}, {dtype}: decode-step time")
         time_ax.set_ylabel("decode-step time (ms)")
+        tput_ax.set_ylim(bottom=0)  # linear, so the plateau reads as flat
+        tput_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        tput_ax.set_title(f"{model}, {dtype}: token throughput")
         tput_ax.set_ylabel("token throughput (tokens/s)")
     fig.suptitle(f"Decode step composed from measured kernels, not an end-to-end decode ({_gpu_name(data)})")
     fig.savefig(path)
@@ -391,7 +397,7 @@ def findings(data: RunData, series: Mapping[tuple, list[dict]], steps: Sequence[
         plateau = plateau_batch(batches, [throughput(p) for p in pts])
         rows.append([
             model, dtype, _label(comp, ctx, True),
-            f"{_num(pts[0].get('intensity'))} → {_num(pts[-1].get('intensity'))}",
+            f"{_num(pts[0].get('intensity'), 4)} → {_num(pts[-1].get('intensity'), 4)}",
             "no ceilings" if ridge is None else (str(crossing) if crossing else f"never (up to {batches[-1]})"),
             str(plateau) if plateau is not None else f"still growing at {batches[-1]}",
         ])
@@ -447,7 +453,7 @@ def _attention_evidence(model, dtype, ctx, pts, dram, compute) -> list[list[str]
     if len(intensities) > 1:
         spread = max(intensities) / min(intensities) - 1
         rows.append([model, dtype, f"attention ctx {ctx}: intensity across batches {pts[0]['batch']}–{pts[-1]['batch']}",
-                     f"{_num(min(intensities))} to {_num(max(intensities))} FLOP/B ({spread:.1%} apart)",
+                     f"{_num(min(intensities), 4)} to {_num(max(intensities), 4)} FLOP/B ({spread:.1%} apart)",
                      f"flat within {EXPECT_ATTENTION_INTENSITY_SPREAD:.0%}",
                      "yes" if spread <= EXPECT_ATTENTION_INTENSITY_SPREAD else "no"])
     return rows

@@ -383,3 +383,13 @@ def test_gpu_sweep_of_the_real_ops(tmp_path):
         if r["impl"] in ("triton", "cublas"):
             assert r["status"] == "ok", r["error"]
             assert r["gbps"] > 0 and r["pct_copy_bw"] > 0 and r["max_rel_err"] <= 1e-2
+
+
+def test_a_cpu_sweep_makes_a_report(fake_ops, tiny_model, tmp_path):
+    """sweep -> report end to end (a CPU run has no ceilings: the report says so and still plots)."""
+    from gpuprof import report
+
+    grid, run, points = _tiny_sweep(tiny_model, tmp_path, batches=[1, 2, 4], impls=["triton", "cublas"])
+    sweep.run_sweep(points, run, sweep.Measurer(device="cpu", options=QUICK))
+    made = report.make_report(run.path)
+    assert len(made.images) == 3 and "tiny-llama" in made.markdown.read_text()
