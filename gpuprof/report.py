@@ -300,7 +300,7 @@ def plot_utilization(data: RunData, series: Mapping[tuple, list[dict]], path: Pa
             _batch_axis(ax, batches)
             ax.set_title(f"{model}, {dtype}: {what}")
             if source is None:
-                ax.text(0.5, 0.5, "no column for this metric in the run", ha="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, "no ceilings or counters in this run", ha="center", transform=ax.transAxes)
                 continue
             col, label = source
             top = 100.0

@@ -237,9 +237,13 @@ class Measurer:
             shape = op.shape(**p.shape)
         except GpuprofError as e:  # a model shape the op rejects (e.g. an odd head_dim)
             return not_measured(p, "unsupported", str(e))
-        record = measure_point(op, p.impl, shape, p.dtype, device=self.device, peaks=self.peaks,
-                               options=self.options, model=p.model, l2_bytes=self.l2_bytes,
-                               collectors=self.collectors, extra=p.extra)
+        try:
+            record = measure_point(op, p.impl, shape, p.dtype, device=self.device, peaks=self.peaks,
+                                   options=self.options, model=p.model, l2_bytes=self.l2_bytes,
+                                   collectors=self.collectors, extra=p.extra)
+        except Exception as e:  # one point failing in an unforeseen way must not end a sweep of hundreds
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
+            return not_measured(p, "error", f"{type(e).__name__}: {first_line}")
         record["kernel"] = p.kernel  # "linear" is measured by the "gemv" op
         return record
 
@@ -330,6 +334,15 @@ def largest_input_bytes(points: Sequence[PlannedPoint]) -> dict[str, int]:
             continue
         out[p.model] = max(out.get(p.model, 0), nbytes)
     return out
+
+
+def progress_weight(p: PlannedPoint) -> float:
+    """A point's share of a sweep's duration, for the ETA: a fixed part (warm-up, check, timing budget) plus a
+    part growing with the inputs drawn and checked (1 per GiB). A relative weight, not a prediction."""
+    try:
+        return 1.0 + get_op(p.op).input_bytes(p.shape, p.dtype) / 2**30
+    except (GpuprofError, KeyError, ValueError, NotImplementedError):
+        return 1.0
 
 
 def grid_summary(points: Sequence[PlannedPoint]) -> dict[tuple[str, str], int]:

@@ -225,6 +225,18 @@ def test_an_op_rejecting_the_models_shape_is_recorded_unsupported(fake_ops, tmp_
     assert record["status"] == "unsupported" and "head_dim 5" in record["error"] and record["bytes"] > 0
 
 
+def test_an_unforeseen_failure_is_recorded_and_the_sweep_goes_on(fake_ops, tiny_model, tmp_path, monkeypatch):
+    def explode(*args):
+        raise TypeError("unsupported operand type(s)\nmore detail")
+
+    monkeypatch.setattr(fake_ops[0], "make_inputs", explode)
+    grid, run, points = _tiny_sweep(tiny_model, tmp_path, batches=[1], impls=["triton", "cublas"])
+    outcome = sweep.run_sweep(points, run, sweep.Measurer(device="cpu", options=QUICK))
+    assert outcome.statuses == {"ok": 10, "error": 1}
+    (att,) = [r for r in run.points() if r["kernel"] == "attention"]
+    assert att["error"] == "TypeError: unsupported operand type(s)" and att["bytes"] > 0
+
+
 def test_larger_batches_after_an_oom_are_not_attempted(fake_ops, tiny_model, tmp_path):
     grid, run, points = _tiny_sweep(tiny_model, tmp_path, batches=[1, 2, 4, 8], kernels=["attention"],
                                     impls=["triton", "torch-sdpa-math"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gpuprof import peaks as peaks_lib
 from gpuprof import sweep
@@ -91,14 +91,19 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
 def _run_with_progress(run: Run, points: list[sweep.PlannedPoint], measurer: sweep.Measurer) -> None:
     started_at = utc_now()
     console.print(f"sweeping {len(points)} points into {run.path}", soft_wrap=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    # Progress advances by each point's weight (larger inputs take longer), so the ETA does not trust the
+    # small first batches; the count of points is shown beside it.
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}/{task.fields[n]} points"),
+               TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     outcome, interrupted = sweep.Outcome(), False
+    weights = [sweep.progress_weight(p) for p in points]
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("starting", total=len(points))
+        task = progress.add_task("starting", total=sum(weights), done=0, n=len(points))
+        count = iter(range(1, len(points) + 1))
+        weight_of = dict(zip((p.key() for p in points), weights))
 
         def on_point(p: sweep.PlannedPoint, record: dict | None) -> None:
-            progress.update(task, advance=1, description=p.label()[:60])
+            progress.update(task, advance=weight_of[p.key()], description=p.label()[:60], done=next(count))
 
         try:
             outcome = sweep.run_sweep(points, run, measurer, on_point)
