@@ -183,8 +183,8 @@ class PlannedPoint:
 
     def label(self) -> str:
         f = self.fields()
-        what = f"attention ctx {f['ctx']}" if self.kernel == "attention" else f"linear {f['layer']}"
-        return f"{self.model} {what} {self.impl} batch {f['batch']}"
+        what = f"attention L={f['ctx']}" if self.kernel == "attention" else f['layer']
+        return f"{self.model} {what} {self.impl} B={f['batch']}"
 
 
 def plan(grid: Grid) -> list[PlannedPoint]:

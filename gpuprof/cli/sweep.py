@@ -103,7 +103,7 @@ def _run_with_progress(run: Run, points: list[sweep.PlannedPoint], measurer: swe
         weight_of = dict(zip((p.key() for p in points), weights))
 
         def on_point(p: sweep.PlannedPoint, record: dict | None) -> None:
-            progress.update(task, advance=weight_of[p.key()], description=p.label()[:60], done=next(count))
+            progress.update(task, advance=weight_of[p.key()], description=p.label()[:44], done=next(count))
 
         try:
             outcome = sweep.run_sweep(points, run, measurer, on_point)
