@@ -72,7 +72,8 @@ def load_run(path: Path) -> RunData:
     data = RunData(Path(path), run.manifest(), points)
     if not data.ok():
         counts = ", ".join(f"{n} {s}" for s, n in Counter(p.get("status") for p in points).items())
-        raise GpuprofError(f"none of the {len(points)} points in {path} finished ok ({counts}); there is nothing to plot.")
+        raise GpuprofError(f"none of the {len(points)} points in {path} finished ok ({counts}); "
+                           "there is nothing to plot.")
     return data
 
 
@@ -440,7 +441,8 @@ def _attention_evidence(model, dtype, ctx, pts, dram, compute) -> list[list[str]
     where = f"attention ctx {ctx}, batch ≥ {LARGE_BATCH}"
     for source, reduce, word, expect, ok in (
         (dram, min, "lowest", f"≥ {EXPECT_ATTENTION_DRAM_PCT:.0f}%", lambda v: v >= EXPECT_ATTENTION_DRAM_PCT),
-        (compute, max, "highest", f"≤ {EXPECT_ATTENTION_COMPUTE_PCT:.0f}%", lambda v: v <= EXPECT_ATTENTION_COMPUTE_PCT),
+        (compute, max, "highest", f"≤ {EXPECT_ATTENTION_COMPUTE_PCT:.0f}%",
+         lambda v: v <= EXPECT_ATTENTION_COMPUTE_PCT),
     ):
         values = [p[source[0]] for p in large if source and p.get(source[0]) is not None]
         if not values:
@@ -452,7 +454,8 @@ def _attention_evidence(model, dtype, ctx, pts, dram, compute) -> list[list[str]
     intensities = [p["intensity"] for p in pts if p.get("intensity")]
     if len(intensities) > 1:
         spread = max(intensities) / min(intensities) - 1
-        rows.append([model, dtype, f"attention ctx {ctx}: intensity across batches {pts[0]['batch']}–{pts[-1]['batch']}",
+        batches = f"{pts[0]['batch']}–{pts[-1]['batch']}"
+        rows.append([model, dtype, f"attention ctx {ctx}: intensity across batches {batches}",
                      f"{_num(min(intensities), 4)} to {_num(max(intensities), 4)} FLOP/B ({spread:.1%} apart)",
                      f"flat within {EXPECT_ATTENTION_INTENSITY_SPREAD:.0%}",
                      "yes" if spread <= EXPECT_ATTENTION_INTENSITY_SPREAD else "no"])
@@ -530,7 +533,8 @@ def _header(data: RunData) -> list[str]:
         f"- software: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- git commit: {m.get('git_commit')}; started {m.get('started_at')}",
         f"- command: `{m.get('command')}`",
-        f"- sweep time: {took / 60:.1f} min over {len(sessions)} session(s)" if sessions else "- sweep time: not recorded",
+        f"- sweep time: {took / 60:.1f} min over {len(sessions)} session(s)" if sessions
+        else "- sweep time: not recorded",
         "- points: " + ", ".join(f"{n} {s}" for s, n in statuses.most_common()),
     ]
     if peaks:

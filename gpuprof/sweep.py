@@ -33,7 +33,8 @@ DEFAULT_BATCHES = tuple(2**i for i in range(10))  # 1, 2, 4, ..., 512
 DEFAULT_CTXS = (2048,)
 DEFAULT_DTYPES = ("bf16",)
 DEFAULT_PAGE_SIZE = 16
-# Seconds of timed repetitions per point: ~400 points of the default grid stay well inside 5 minutes on an H100.
+# Seconds of timed repetitions per point: at most 100 s over the default grid's 400 points, which leaves most of
+# the 5-minute target for warm-up, drawing inputs and correctness checks.
 DEFAULT_MAX_TIME_S = 0.25
 
 # The record's kernel name -> the registered op that measures it.
@@ -133,7 +134,8 @@ def resolve_impls(kernels: Sequence[str], wanted: Sequence[str] | None) -> dict[
     known = {i for op in ops.values() for i in op.impls}
     unknown = [i for i in wanted if i not in known]
     if unknown:
-        raise GpuprofError(f"no swept kernel has an implementation {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
+        raise GpuprofError(f"no swept kernel has an implementation {', '.join(unknown)}; "
+                           f"valid: {', '.join(sorted(known))}.")
     chosen = {k: tuple(i for i in op.impls if i in wanted) for k, op in ops.items()}
     for k, impls in chosen.items():
         if not impls:
@@ -277,15 +279,16 @@ def run_sweep(
     run: Run,
     measure: Callable[[PlannedPoint], dict],
     on_point: Callable[[PlannedPoint, dict | None], None] = lambda p, record: None,
+    outcome: Outcome | None = None,
 ) -> Outcome:
     """Measure every planned point not yet in `run`, appending each record the moment it is finished.
 
     Once a point runs out of memory, the larger batches of the same family are recorded as out of memory without
     allocating again (allocation failures of tens of GiB are slow). `on_point(p, record)` is called after each
     point (record None for a point recorded before a resume). KeyboardInterrupt propagates; what was appended
-    stays.
+    stays, and `outcome`, when given, holds what was done until then.
     """
-    outcome = Outcome()
+    outcome = outcome if outcome is not None else Outcome()
     start = time.perf_counter()
     run.repair()
     recorded = run.points()

@@ -17,7 +17,8 @@ from gpuprof.harness import TimingOptions
 from gpuprof.records import Run, command_line, utc_now
 
 # Options that define the grid; a resumed sweep takes its grid from the run's manifest instead.
-GRID_OPTIONS = ("models", "batches", "ctxs", "dtypes", "kernels", "impls", "page_size", "max_time", "counters", "device")
+GRID_OPTIONS = ("models", "batches", "ctxs", "dtypes", "kernels", "impls", "page_size", "max_time", "counters",
+                "device")
 
 
 def _names(text: str) -> list[str]:
@@ -34,7 +35,7 @@ def _names(text: str) -> list[str]:
 @click.option("--impl", "impls", default="all", show_default=True,
               help="Implementations, comma-separated (triton, cuda, torch-sdpa-*, cublas), or all.")
 @click.option("--page-size", default=sweep.DEFAULT_PAGE_SIZE, show_default=True,
-              help="KV-cache page size of the triton/cuda attention (0: contiguous); SDPA always reads a contiguous cache.")
+              help="KV-cache page size of the triton/cuda attention (0: contiguous); SDPA reads a contiguous cache.")
 @click.option("--max-time", default=sweep.DEFAULT_MAX_TIME_S, show_default=True,
               help="Seconds of timed repetitions per point, at most.")
 @click.option("--counters", default="", help="nvml and/or ncu, comma-separated: add hardware-counter columns.")
@@ -63,7 +64,8 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
     else:
         grid = sweep.make_grid(
             models=_names(models), kernels=_names(kernels), impls=None if impls == "all" else _names(impls),
-            batches=int_list(batches, "batch") or sweep.DEFAULT_BATCHES, ctxs=int_list(ctxs, "ctx") or sweep.DEFAULT_CTXS,
+            batches=int_list(batches, "batch") or sweep.DEFAULT_BATCHES,
+            ctxs=int_list(ctxs, "ctx") or sweep.DEFAULT_CTXS,
             dtypes=_names(dtypes), page_size=page_size, max_time_s=max_time,
         )
         counter_names = _names(counters)
@@ -106,7 +108,7 @@ def _run_with_progress(run: Run, points: list[sweep.PlannedPoint], measurer: swe
             progress.update(task, advance=weight_of[p.key()], description=p.label()[:44], done=next(count))
 
         try:
-            outcome = sweep.run_sweep(points, run, measurer, on_point)
+            sweep.run_sweep(points, run, measurer, on_point, outcome)
         except KeyboardInterrupt:
             interrupted = True
     if interrupted:
