@@ -239,7 +239,7 @@ def plot_roofline(data: RunData, series: Mapping[tuple, list[dict]], path: Path)
     all_points = [p for pts in series.values() for p in pts]
     batches = sorted({p["batch"] for p in all_points})
     norm = LogNorm(vmin=min(batches), vmax=max(batches) if max(batches) > min(batches) else min(batches) * 2)
-    intensities = [p["intensity"] for p in all_points if p.get("intensity")]
+    intensities = [p["intensity"] for p in all_points if p.get("intensity")] or [1.0]
     peaks = data.peaks
     scatter = None
     for ax, (model, dtype) in zip(axes[0], models):
@@ -428,7 +428,7 @@ def evidence(data: RunData, series: Mapping[tuple, list[dict]]) -> list[list[str
     linear = [(k, pts) for k, pts in series.items() if k[2] != "attention" and len(pts) > 1]
     for (model, dtype, comp, _), pts in linear:
         lo, hi = pts[0], pts[-1]
-        grows = all(b.get("intensity", 0) > a.get("intensity", 0) for a, b in zip(pts, pts[1:]))
+        grows = all((b.get("intensity") or 0) > (a.get("intensity") or 0) for a, b in zip(pts, pts[1:]))
         rows.append([model, dtype, f"linear {comp}: intensity, batch {lo['batch']} → {hi['batch']} (FLOP/B)",
                      f"{_num(lo.get('intensity'))} → {_num(hi.get('intensity'))}", "grows with the batch",
                      "yes" if grows else "no"])
