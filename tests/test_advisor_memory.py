@@ -130,3 +130,10 @@ def test_bad_lengths_files(tmp_path, content, message):
 def test_missing_lengths_file(tmp_path):
     with pytest.raises(GpuprofError, match="cannot read the lengths file"):
         workload.from_csv(tmp_path / "none.csv")
+
+
+def test_every_datasheet_entry_has_its_memory_size():
+    from gpuprof.device import DATASHEETS, datasheet_for
+
+    assert all(d.memory_bytes >= 16 * GiB for d in DATASHEETS)
+    assert datasheet_for("NVIDIA H100 80GB HBM3").memory_bytes == 80 * GiB

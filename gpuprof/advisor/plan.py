@@ -143,13 +143,20 @@ def _serving_plan(model: ModelShape, calibration: Calibration, gpu: Gpu, workloa
                 "prediction": _prediction_summary(calibration), "memory": _memory(budget, gpu, b_opt, largest),
                 "replicas": None, "pareto": None, "vllm": {"max_num_seqs": b_opt},
                 "notes": [f"B_opt {b_opt} does not fit this workload's KV cache in memory; no replica plan"]}
-    replicas = _replica_rows(steps[b_opt], budget, anchors.get(b_opt) if anchors is not None else None)
-    instances = _best_replicas(replicas, bound_ms)
-    candidates = [row for b, s in steps.items()
-                  for row in _replica_rows(s, budget, anchors.get(b) if anchors is not None else None)]
-    pareto = pareto_frontier(candidates)
+    rows = {b: _replica_rows(s, budget, anchors.get(b) if anchors is not None else None, bound_ms)
+            for b, s in steps.items()}
+    replicas = rows[b_opt]
+    instances = _best_replicas(replicas)
+    pareto = pareto_frontier([row for batch_rows in rows.values() for row in batch_rows])
     if pareto is None:
         notes.append("no inter-token latency in the profile: the throughput/latency Pareto frontier needs one")
+    else:
+        allowed = [r for r in pareto if r["within_latency"] is not False]
+        best = max(allowed, key=lambda r: r["tokens_per_s"])
+        if (best["batch"], best["replicas"]) != (b_opt, instances):
+            notes.append(f"on the Pareto frontier, {best['replicas']} replica(s) at batch {best['batch']} give "
+                         f"{best['tokens_per_s']:,.0f} tokens/s at {best['itl_ms']:.3g} ms per token, the most within "
+                         f"the latency bound")
     if anchors is not None:
         notes.append("replica rows: the measured single-instance point scaled by the model's predicted replica gain")
     return {
@@ -165,7 +172,8 @@ def _serving_plan(model: ModelShape, calibration: Calibration, gpu: Gpu, workloa
     }
 
 
-def _replica_rows(step: StepPrediction, budget: MemoryBudget, anchor: CurvePoint | None) -> list[dict]:
+def _replica_rows(step: StepPrediction, budget: MemoryBudget, anchor: CurvePoint | None,
+                  bound_ms: float | None) -> list[dict]:
     """Predicted throughput and latency of 1, 2, ... replicas at one batch, as many as fit in memory.
 
     With an anchor (a measured single-instance point) the rows are the measurement times the predicted ratio.
@@ -177,15 +185,16 @@ def _replica_rows(step: StepPrediction, budget: MemoryBudget, anchor: CurvePoint
         if anchor is not None:
             tps = anchor.tokens_per_s * tps / one_tps
             itl = anchor.itl_ms * itl / one_itl if anchor.itl_ms is not None else None
+        within = None if bound_ms is None or itl is None else itl <= bound_ms
         rows.append({"replicas": replicas, "batch": step.batch, "tokens_per_s": tps, "itl_ms": itl,
-                     "memory_bytes": replicas * budget.replica_bytes(step.batch),
+                     "within_latency": within, "memory_bytes": replicas * budget.replica_bytes(step.batch),
                      "utilization_each": budget.utilization(step.batch)})
     return rows
 
 
-def _best_replicas(rows: list[dict], bound_ms: float | None) -> int:
+def _best_replicas(rows: list[dict]) -> int:
     """The replica count with the most throughput within the latency bound; fewer replicas win near-ties."""
-    allowed = [r for r in rows if bound_ms is None or r["itl_ms"] is None or r["itl_ms"] <= bound_ms] or rows[:1]
+    allowed = [r for r in rows if r["within_latency"] is not False] or rows[:1]
     best = max(r["tokens_per_s"] for r in allowed)
     return next(r["replicas"] for r in allowed if r["tokens_per_s"] >= (1 - SAME_THROUGHPUT) * best)
 

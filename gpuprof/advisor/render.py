@@ -11,9 +11,20 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / GiB:.1f} GiB"
 
 
+_VERDICT = {True: "yes", False: "no", None: None}
+
+
+def _cell(key: str, value: object) -> object:
+    if key == "within_latency":
+        return _VERDICT[value]
+    if key == "utilization_each":
+        return f"{value:.2f}"
+    return value
+
+
 def _rows(rows: list[dict], names: dict[str, str]) -> list[dict]:
-    """Rows with display names as keys, for print_table."""
-    return [{label: row.get(key) for key, label in names.items()} for row in rows]
+    """Rows with display names as keys and readable cells, for print_table."""
+    return [{label: _cell(key, row.get(key)) for key, label in names.items()} for row in rows]
 
 
 def render(report: dict) -> None:
@@ -21,18 +32,15 @@ def render(report: dict) -> None:
     _curve(report)
     if report.get("memory"):
         _memory(report["memory"])
+    names = {"replicas": "replicas", "batch": "batch each", "tokens_per_s": "tokens/s", "itl_ms": "ITL ms",
+             "within_latency": "ITL within bound", "utilization_each": "memory share each"}
     if report.get("replicas"):
         console.print()
-        print_table(_rows(report["replicas"], {"replicas": "replicas", "batch": "batch each", "tokens_per_s": "tokens/s",
-                                                "itl_ms": "ITL ms", "memory_bytes": "memory bytes",
-                                                "utilization_each": "memory share each"}),
-                    ["replicas", "batch each", "tokens/s", "ITL ms", "memory share each"],
+        print_table(_rows(report["replicas"], names), list(names.values()),
                     title=f"replicas at B_opt = {report['b_opt']} ({_predicted(report)})")
     if report.get("pareto"):
         console.print()
-        print_table(_rows(report["pareto"], {"batch": "batch each", "replicas": "replicas", "tokens_per_s": "tokens/s",
-                                              "itl_ms": "ITL ms"}),
-                    ["batch each", "replicas", "tokens/s", "ITL ms"],
+        print_table(_rows(report["pareto"], names), list(names.values()),
                     title="throughput / latency Pareto frontier over (batch, replicas)")
     _vllm(report["vllm"])
     for note in report["notes"]:
@@ -67,9 +75,7 @@ def _curve(report: dict) -> None:
     chosen = {}
     for rule, choice in report["choices"].items():
         chosen.setdefault(choice["batch"], []).append(rule)
-    verdict = {True: "yes", False: "no", None: None}
-    rows = [{**row, "within_latency": verdict[row["within_latency"]],
-             "chosen by": ", ".join(chosen.get(row["batch"], [])) or None} for row in report["curve"]]
+    rows = [{**row, "chosen by": ", ".join(chosen.get(row["batch"], [])) or None} for row in report["curve"]]
     names = {"batch": "batch", "tokens_per_s": "tokens/s", "itl_ms": "ITL ms", "gain": "gain g(B)",
              "within_latency": "ITL within bound", "ttft_ms": "TTFT ms", "kv_cache_usage": "KV usage",
              "chosen by": "chosen by"}
