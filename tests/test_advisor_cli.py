@@ -157,3 +157,12 @@ def test_usage_errors(args):
 def test_calibrate_a_folder_that_is_not_a_run(tmp_path):
     r = invoke("calibrate", tmp_path)
     assert r.exit_code == 1 and "is not a gpuprof run directory" in r.output
+
+
+def test_profile_b_opt_that_does_not_fit_the_workload(tmp_path):
+    # 3072-token sequences of Llama-2-7B take 1.5 GiB each: 38 fit, the measured B_opt of 128 does not.
+    report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b",
+                         "--prompt", "2048", "--output", "1024")
+    assert report["b_opt"] == 128 and report["memory"]["max_batch_one_replica"] == 38
+    assert report["replicas"] is None and report["vllm"] == {"max_num_seqs": 128}
+    assert any("B_opt 128 does not fit" in n for n in report["notes"])

@@ -7,11 +7,16 @@ import pytest
 
 from gpuprof.advisor import workload
 from gpuprof.advisor.memory import GiB, MemoryBudget
-from gpuprof.advisor.plan import Deployment, Gpu, budget_for
+from gpuprof.advisor.calibration import datasheet_roofline
+from gpuprof.advisor.plan import Deployment, Gpu, Serving, budget_for
 from gpuprof.errors import GpuprofError
 from gpuprof.models import get_model
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GiB, "datasheet")
+
+
+def plan_budget(model, gpu, load, deployment):
+    return budget_for(Serving(model, datasheet_roofline("NVIDIA H100 80GB HBM3", "bf16"), gpu, load), deployment)
 
 
 @pytest.mark.parametrize(
@@ -25,7 +30,7 @@ H100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GiB, "datasheet")
 )
 def test_kv_and_weight_bytes_of_presets(name, dtype, kv_per_token):
     model = get_model(name)
-    budget = budget_for(model, H100, workload.from_specs("512", "256"), Deployment(dtype=dtype))
+    budget = plan_budget(model, H100, workload.from_specs("512", "256"), Deployment(dtype=dtype))
     size = 4 if dtype == "fp32" else 2
     assert budget.kv_bytes_per_token == kv_per_token
     assert budget.weights_bytes == model.params() * size
@@ -34,7 +39,7 @@ def test_kv_and_weight_bytes_of_presets(name, dtype, kv_per_token):
 
 def test_llama_2_7b_on_h100_by_hand():
     # Weights 6,738,415,616 x 2 B; 768 tokens x 512 KiB = 0.375 GiB a sequence; 72 GiB usable, 2 GiB workspace.
-    budget = budget_for(get_model("llama-2-7b"), H100, workload.from_specs("512", "256"), Deployment())
+    budget = plan_budget(get_model("llama-2-7b"), H100, workload.from_specs("512", "256"), Deployment())
     weights_gib = 6_738_415_616 * 2 / GiB
     assert budget.max_batch() == int((72 - weights_gib - 2) / 0.375) == 153
     assert budget.utilization(153) == 0.90  # (12.55 + 57.375 + 2) / 80 = 0.899, rounded up
@@ -48,7 +53,7 @@ def test_hf_config_json_memory(tmp_path):
               "max_position_embeddings": 32768, "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(config))
     model = get_model(str(tmp_path))
-    budget = budget_for(model, H100, workload.from_specs("1000", "24"), Deployment())
+    budget = plan_budget(model, H100, workload.from_specs("1000", "24"), Deployment())
     assert budget.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
     assert budget.kv_tokens_per_sequence == 1024  # 1024 tokens are whole blocks of 16
     assert budget.weights_bytes == get_model("mistral-7b").params() * 2
@@ -70,13 +75,13 @@ def test_model_that_cannot_fit_at_batch_one_is_one_sentence():
     l4 = Gpu("NVIDIA L4", 24 * GiB, "datasheet")
     with pytest.raises(GpuprofError, match=r"llama-2-13b in bf16 on NVIDIA L4 cannot fit even at batch 1: it needs 2\d\.\d GiB "
                                            r"\(weights 24\.2 GiB, .*more than the 21\.6 GiB usable \(90% of 24\.0 GiB\)"):
-        budget_for(get_model("llama-2-13b"), l4, workload.from_specs("512", "256"), Deployment())
+        plan_budget(get_model("llama-2-13b"), l4, workload.from_specs("512", "256"), Deployment())
 
 
 def test_a_workload_too_long_for_memory_at_batch_one():
     # 1M-token sequences of Llama-2-7B take 512 GiB of KV cache each.
     with pytest.raises(GpuprofError, match="cannot fit even at batch 1"):
-        budget_for(get_model("llama-2-7b"), H100, workload.from_specs("1000000", "1"), Deployment())
+        plan_budget(get_model("llama-2-7b"), H100, workload.from_specs("1000000", "1"), Deployment())
 
 
 @pytest.mark.parametrize("kwargs, message", [({"fraction": 0}, "--memory-fraction"), ({"fraction": 1.2}, "--memory-fraction"),

@@ -134,3 +134,39 @@ def test_step_overhead_override():
     assert calib.step_overhead_us == 250.0
     with pytest.raises(GpuprofError, match="must not be negative"):
         calibration_lib.with_step_overhead(calib, -1.0)
+
+
+def plan(step_overhead_us, kernel_overhead_us=(6.0, 4.0), **criteria):
+    from gpuprof.advisor import workload
+    from gpuprof.advisor.criteria import Criteria
+    from gpuprof.advisor.plan import Deployment, Gpu, Serving, advise_model
+
+    attention_us, linear_us = kernel_overhead_us
+    calib = calibration(KernelFit(3000.0, 700.0, attention_us), KernelFit(3000.0, 600.0, linear_us), step_overhead_us)
+    serving = Serving(get_model("llama-3.2-1b"), calib, Gpu("NVIDIA H100 80GB HBM3", 80 << 30, "test"),
+                      workload.from_specs("uniform:64:512", "uniform:16:256"))
+    return advise_model(serving, Criteria(**criteria), Deployment())
+
+
+def test_instances_take_the_most_throughput_within_the_latency_bound():
+    loose = plan(3000.0, latency_factor=100)
+    rows = loose["replicas"]
+    assert len(rows) >= 2 and loose["vllm"]["instances"] == max(rows, key=lambda r: r["tokens_per_s"])["replicas"] > 1
+    strict = plan(3000.0)
+    allowed = [r for r in strict["replicas"] if r["within_latency"]]
+    assert strict["vllm"]["instances"] == max(allowed, key=lambda r: r["tokens_per_s"])["replicas"]
+    assert all(r["itl_ms"] <= strict["latency_bound_ms"] for r in allowed)
+
+
+def test_without_fixed_costs_one_instance_is_enough():
+    report = plan(0.0, kernel_overhead_us=(0.0, 0.0), latency_factor=100)
+    assert len(report["replicas"]) > 1 and report["vllm"]["instances"] == 1
+    assert {round(r["tokens_per_s"]) for r in report["replicas"]} == {round(report["replicas"][0]["tokens_per_s"])}
+
+
+def test_every_plan_is_on_or_behind_the_pareto_frontier():
+    report = plan(3000.0)
+    frontier = report["pareto"]
+    assert all(a["itl_ms"] <= b["itl_ms"] and a["tokens_per_s"] < b["tokens_per_s"] for a, b in zip(frontier, frontier[1:]))
+    for row in report["replicas"]:
+        assert any(f["tokens_per_s"] >= row["tokens_per_s"] and f["itl_ms"] <= row["itl_ms"] for f in frontier)

@@ -8,7 +8,7 @@ together), `render` (tables for people).
 
 from gpuprof.advisor.calibration import Calibration, KernelFit
 from gpuprof.advisor.criteria import Criteria, CurvePoint, choose
-from gpuprof.advisor.plan import Deployment, Gpu, advise_model, advise_profile
+from gpuprof.advisor.plan import Deployment, Gpu, Serving, advise_model, advise_profile
 
-__all__ = ["Calibration", "Criteria", "CurvePoint", "Deployment", "Gpu", "KernelFit", "advise_model",
+__all__ = ["Calibration", "Criteria", "CurvePoint", "Deployment", "Gpu", "KernelFit", "Serving", "advise_model",
            "advise_profile", "choose"]

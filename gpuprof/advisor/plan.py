@@ -46,10 +46,21 @@ class Deployment:
             raise GpuprofError(f"--dtype must be one of {', '.join(VLLM_DTYPES)}, not {self.dtype!r}.")
 
 
-def budget_for(model: ModelShape, gpu: Gpu, workload: Workload, deployment: Deployment) -> MemoryBudget:
+@dataclass(frozen=True)
+class Serving:
+    """What is served, where, with which time model, under which workload."""
+
+    model: ModelShape
+    calibration: Calibration
+    gpu: Gpu
+    workload: Workload
+
+
+def budget_for(serving: Serving, deployment: Deployment) -> MemoryBudget:
     size = dtype_bytes(deployment.dtype)
+    model, gpu = serving.model, serving.gpu
     budget = MemoryBudget(gpu.memory_bytes, model.weight_bytes(size), model.kv_bytes_per_token(size),
-                          workload.kv_tokens_per_sequence(BLOCK_TOKENS), deployment.fraction,
+                          serving.workload.kv_tokens_per_sequence(BLOCK_TOKENS), deployment.fraction,
                           deployment.workspace_bytes)
     budget.require_batch_one(f"{model.name} in {deployment.dtype} on {gpu.name}")
     return budget
@@ -61,10 +72,16 @@ def default_batches(max_batch: int) -> list[int]:
     return batches + ([max_batch] if batches[-1] != max_batch else [])
 
 
-def advise_model(model: ModelShape, calibration: Calibration, gpu: Gpu, workload: Workload, criteria: Criteria,
-                 deployment: Deployment, batches: Sequence[int] | None = None) -> dict:
+def predict_steps(serving: Serving, deployment: Deployment, batches: Sequence[int]) -> dict[int, StepPrediction]:
+    context = serving.workload.mean_decode_context()
+    size = dtype_bytes(deployment.dtype)
+    return {b: predict_step(serving.model, serving.calibration, b, context, size) for b in batches}
+
+
+def advise_model(serving: Serving, criteria: Criteria, deployment: Deployment,
+                 batches: Sequence[int] | None = None) -> dict:
     """Predict the curve over batch sizes, choose B_opt, and plan memory, replicas and vLLM settings."""
-    budget = budget_for(model, gpu, workload, deployment)
+    budget = budget_for(serving, deployment)
     max_batch, notes = budget.max_batch(), []
     if batches:
         too_big = sorted(b for b in batches if b > max_batch)
@@ -75,24 +92,19 @@ def advise_model(model: ModelShape, calibration: Calibration, gpu: Gpu, workload
             raise GpuprofError(f"none of the --batches fits in memory; one replica holds at most {max_batch} sequences.")
     else:
         batches = default_batches(max_batch)
-    context = workload.mean_decode_context()
-    size = dtype_bytes(deployment.dtype)
-    steps = {b: predict_step(model, calibration, b, context, size) for b in batches}
+    steps = predict_steps(serving, deployment, batches)
     curve = [CurvePoint(b, s.tokens_per_s, s.itl_ms) for b, s in steps.items()]
     end = "the largest batch that fits in memory, which is what limits it" if batches[-1] == max_batch else None
     report = _choose(curve, criteria, deployment, "predicted", end)
-    b_opt = report["b_opt"]
-    largest = (max_batch, "the largest batch one replica holds")
-    plan = _serving_plan(model, calibration, gpu, workload, deployment, budget, steps, b_opt, largest,
-                         report["latency_bound_ms"], anchors=None)
-    report["notes"] = notes + plan.pop("notes") + _model_notes(model, workload, calibration)
+    plan = _serving_plan(serving, deployment, budget, steps, report["b_opt"],
+                         (max_batch, "the largest batch one replica holds"), report["latency_bound_ms"], anchors={})
+    report["notes"] = notes + plan.pop("notes")
     report.update(plan, mode="model", predictions=[s.to_dict() for s in steps.values()])
     return report
 
 
-def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployment, model: ModelShape | None = None,
-                   calibration: Calibration | None = None, gpu: Gpu | None = None,
-                   workload: Workload | None = None) -> dict:
+def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployment,
+                   serving: Serving | None = None) -> dict:
     """Choose B_opt on a measured curve; with a model, plan memory and replicas around the measured points."""
     report = _choose(table.points, criteria, deployment, "measured", "the largest measured batch; larger ones may still pay")
     for row in report["curve"]:
@@ -100,23 +112,20 @@ def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployme
     report["mode"] = "profile"
     report["profile"] = {"path": str(table.path), "columns": table.columns, "notes": table.notes}
     b_opt = report["b_opt"]
-    if model is None:
+    if serving is None:
         report.update(gpu=None, model=None, workload=None, prediction=None, memory=None, replicas=None, pareto=None,
                       vllm={"max_num_seqs": b_opt})
         report["notes"].append("give --model (and the workload) for the memory plan, replicas and vLLM memory settings")
         return report
-    budget = budget_for(model, gpu, workload, deployment)
-    size, context = dtype_bytes(deployment.dtype), workload.mean_decode_context()
+    budget = budget_for(serving, deployment)
     fitting = [p for p in table.points if p.batch <= budget.max_batch()]
-    steps = {p.batch: predict_step(model, calibration, p.batch, context, size) for p in fitting}
-    largest_measured = table.points[-1].batch
-    if largest_measured > budget.max_batch():
+    if len(fitting) < len(table.points):
         report["notes"].append(f"batches above {budget.max_batch()} were measured but do not fit this workload's KV cache "
                                f"in the memory plan; they are left out of replicas and the Pareto frontier")
-    anchors = {p.batch: p for p in fitting}
-    plan = _serving_plan(model, calibration, gpu, workload, deployment, budget, steps, b_opt,
-                         (largest_measured, "the largest measured batch"), report["latency_bound_ms"], anchors)
-    report["notes"] += plan.pop("notes") + _model_notes(model, workload, calibration)
+    steps = predict_steps(serving, deployment, [p.batch for p in fitting])
+    plan = _serving_plan(serving, deployment, budget, steps, b_opt, (table.points[-1].batch, "the largest measured batch"),
+                         report["latency_bound_ms"], anchors={p.batch: p for p in fitting})
+    report["notes"] += plan.pop("notes")
     report.update(plan)
     return report
 
@@ -134,42 +143,37 @@ def _choose(curve: Sequence[CurvePoint], criteria: Criteria, deployment: Deploym
     }
 
 
-def _serving_plan(model: ModelShape, calibration: Calibration, gpu: Gpu, workload: Workload, deployment: Deployment,
-                  budget: MemoryBudget, steps: dict[int, StepPrediction], b_opt: int, largest: tuple[int, str],
-                  bound_ms: float | None, anchors: dict[int, CurvePoint] | None) -> dict:
-    notes = []
-    if b_opt not in steps:
-        return {"gpu": asdict(gpu), "model": _model_summary(model, deployment.dtype), "workload": workload.summary(),
-                "prediction": _prediction_summary(calibration), "memory": _memory(budget, gpu, b_opt, largest),
-                "replicas": None, "pareto": None, "vllm": {"max_num_seqs": b_opt},
-                "notes": [f"B_opt {b_opt} does not fit this workload's KV cache in memory; no replica plan"]}
-    rows = {b: _replica_rows(s, budget, anchors.get(b) if anchors is not None else None, bound_ms)
-            for b, s in steps.items()}
-    replicas = rows[b_opt]
-    instances = _best_replicas(replicas)
-    pareto = pareto_frontier([row for batch_rows in rows.values() for row in batch_rows])
-    if pareto is None:
-        notes.append("no inter-token latency in the profile: the throughput/latency Pareto frontier needs one")
+def _serving_plan(serving: Serving, deployment: Deployment, budget: MemoryBudget, steps: dict[int, StepPrediction],
+                  b_opt: int, largest: tuple[int, str], bound_ms: float | None, anchors: dict[int, CurvePoint]) -> dict:
+    """Memory, replicas, the Pareto frontier and vLLM settings; `anchors` are measured points to scale from."""
+    plan = {"gpu": asdict(serving.gpu), "model": _model_summary(serving.model, deployment.dtype),
+            "workload": serving.workload.summary(), "prediction": _prediction_summary(serving.calibration),
+            "memory": _memory(budget, serving.gpu, b_opt, largest), "replicas": None, "pareto": None,
+            "vllm": {"max_num_seqs": b_opt}, "notes": []}
+    notes = plan["notes"]
+    if b_opt in steps:
+        rows = {b: _replica_rows(s, budget, anchors.get(b), bound_ms) for b, s in steps.items()}
+        instances = _best_replicas(rows[b_opt])
+        plan.update(replicas=rows[b_opt], pareto=pareto_frontier([r for batch_rows in rows.values() for r in batch_rows]),
+                    vllm=vllm_settings(serving.model, deployment.dtype, b_opt, budget.utilization(b_opt), instances,
+                                       serving.workload.max_tokens))
+        notes += _pareto_notes(plan["pareto"], b_opt, instances)
+        if anchors:
+            notes.append("replica rows: the measured single-instance point scaled by the model's predicted replica gain")
     else:
-        allowed = [r for r in pareto if r["within_latency"] is not False]
-        best = max(allowed, key=lambda r: r["tokens_per_s"])
-        if (best["batch"], best["replicas"]) != (b_opt, instances):
-            notes.append(f"on the Pareto frontier, {best['replicas']} replica(s) at batch {best['batch']} give "
-                         f"{best['tokens_per_s']:,.0f} tokens/s at {best['itl_ms']:.3g} ms per token, the most within "
-                         f"the latency bound")
-    if anchors is not None:
-        notes.append("replica rows: the measured single-instance point scaled by the model's predicted replica gain")
-    return {
-        "gpu": asdict(gpu),
-        "model": _model_summary(model, deployment.dtype),
-        "workload": workload.summary(),
-        "prediction": _prediction_summary(calibration),
-        "memory": _memory(budget, gpu, b_opt, largest),
-        "replicas": replicas,
-        "pareto": pareto,
-        "vllm": vllm_settings(model, deployment.dtype, b_opt, budget.utilization(b_opt), instances, workload.max_tokens),
-        "notes": notes,
-    }
+        notes.append(f"B_opt {b_opt} does not fit this workload's KV cache in memory; no replica plan")
+    notes += _model_notes(serving.model, serving.workload, serving.calibration)
+    return plan
+
+
+def _pareto_notes(pareto: list[dict] | None, b_opt: int, instances: int) -> list[str]:
+    if pareto is None:
+        return ["no inter-token latency in the profile: the throughput/latency Pareto frontier needs one"]
+    best = max((r for r in pareto if r["within_latency"] is not False), key=lambda r: r["tokens_per_s"], default=None)
+    if best is None or (best["batch"], best["replicas"]) == (b_opt, instances):
+        return []
+    return [f"on the Pareto frontier, {best['replicas']} replica(s) at batch {best['batch']} give "
+            f"{best['tokens_per_s']:,.0f} tokens/s at {best['itl_ms']:.3g} ms per token, the most within the latency bound"]
 
 
 def _replica_rows(step: StepPrediction, budget: MemoryBudget, anchor: CurvePoint | None,

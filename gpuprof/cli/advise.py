@@ -10,7 +10,7 @@ from gpuprof.advisor import calibration as calibration_lib
 from gpuprof.advisor import workload as workload_lib
 from gpuprof.advisor.criteria import RULES, Criteria
 from gpuprof.advisor.memory import DEFAULT_FRACTION, GiB
-from gpuprof.advisor.plan import VLLM_DTYPES, Deployment, Gpu, advise_model, advise_profile
+from gpuprof.advisor.plan import VLLM_DTYPES, Deployment, Gpu, Serving, advise_model, advise_profile
 from gpuprof.advisor.profile import read_profile
 from gpuprof.advisor.render import render
 from gpuprof.cli.bench import int_list
@@ -80,21 +80,20 @@ def command(profile_path, model_name, calibration_path, gpu_name, gpu_memory_gb,
         raise click.UsageError("give either --lengths FILE or --prompt/--output, not both.")
     criteria = Criteria(epsilon, latency_factor, max_itl_ms, plateau_within)
     deployment = Deployment(dtype, memory_fraction, int(workspace_gb * GiB), rule)
-    model = get_model(model_name) if model_name else None
-    plan_inputs = {}
-    if model is not None:
+    serving = None
+    if model_name is not None:
+        model = get_model(model_name)
         gpu = resolve_gpu(gpu_name, gpu_memory_gb)
         calibration = calibration_lib.resolve(gpu.name, dtype, calibration_path)
         if step_overhead_us is not None:
             calibration = calibration_lib.with_step_overhead(calibration, step_overhead_us)
         load = workload_lib.from_csv(lengths) if lengths else workload_lib.from_specs(prompt, output)
-        plan_inputs = dict(model=model, calibration=calibration, gpu=gpu, workload=load)
+        serving = Serving(model, calibration, gpu, load)
     if profile_path is not None:
         table = read_profile(profile_path, batch_column, throughput_column, itl_column)
-        report = advise_profile(table, criteria, deployment, **plan_inputs)
+        report = advise_profile(table, criteria, deployment, serving)
     else:
-        report = advise_model(criteria=criteria, deployment=deployment, batches=int_list(batches, "batches"),
-                              **plan_inputs)
+        report = advise_model(serving, criteria, deployment, int_list(batches, "batches"))
     if as_json:
         print_json(report)
     else:
