@@ -128,15 +128,17 @@ def _unseen_rate(bound: str, ceilings: Mapping, key: str, floor: float) -> tuple
 
 
 def _run_dtype(points: list[dict], dtype: str | None, run: Path) -> str:
+    """The dtype to fit: the one asked for, else the run's only one."""
     found = sorted({p.get("dtype") for p in points if p.get("kernel") in KERNELS and p.get("status") == "ok"}, key=str)
-    if dtype is not None:
-        if dtype not in found:
-            raise GpuprofError(f"{run} has no ok attention or linear points in {dtype} (it has {', '.join(map(str, found)) or 'none'}).")
-        return dtype
-    if len(found) != 1:
-        raise GpuprofError(f"{run} holds {'several dtypes (' + ', '.join(map(str, found)) + ')' if found else 'no ok attention or linear points'}"
-                           f"{'; choose one with --dtype' if found else '; calibrate a `gpuprof sweep` run of both kernels'}.")
-    return found[0]
+    listed = ", ".join(map(str, found))
+    if not found:
+        raise GpuprofError(f"{run} holds no ok attention or linear points; "
+                           "calibrate a `gpuprof sweep` run of both kernels.")
+    if dtype is not None and dtype not in found:
+        raise GpuprofError(f"{run} has no ok attention or linear points in {dtype} (it has {listed}).")
+    if dtype is None and len(found) > 1:
+        raise GpuprofError(f"{run} holds several dtypes ({listed}); choose one with --dtype.")
+    return dtype or found[0]
 
 
 def fit_run(path: Path, dtype: str | None = None, step_overhead_us: float = 0.0) -> dict:

@@ -85,8 +85,9 @@ def load(path: Path) -> Calibration:
     except (KeyError, TypeError, ValueError):
         raise GpuprofError(f"{path} lacks a fit for {' and '.join(KERNELS)}, a dtype or provenance; fit it again "
                            "with `gpuprof calibrate RUN` from a sweep of both kernels.")
-    source = (f"calibrated from {prov.get('run')} on {prov.get('gpu')} (gpuprof {prov.get('git_commit') or 'commit unknown'},"
-              f" run {prov.get('run_started_at')}; file {path})")
+    commit = prov.get("git_commit") or "commit unknown"
+    source = (f"calibrated from {prov.get('run')} on {prov.get('gpu')} (gpuprof {commit}, "
+              f"run {prov.get('run_started_at')}; file {path})")
     return Calibration(kernels, dtype, step, source, True, {**prov, "file": str(path)})
 
 

@@ -37,13 +37,15 @@ class Criteria:
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1:
-            raise GpuprofError(f"--epsilon must lie strictly between 0 and 1 (the paper uses 0.2), not {self.epsilon:g}.")
+            raise GpuprofError(
+                f"--epsilon must lie strictly between 0 and 1 (the paper uses 0.2), not {self.epsilon:g}.")
         if not self.latency_factor > 0:
             raise GpuprofError(f"--latency-factor must be positive (the paper uses 5), not {self.latency_factor:g}.")
         if self.max_itl_ms is not None and not self.max_itl_ms > 0:
             raise GpuprofError(f"--max-itl-ms must be a positive number of milliseconds, not {self.max_itl_ms:g}.")
         if not 0 <= self.plateau_within < 1:
-            raise GpuprofError(f"--plateau-within must lie in [0, 1) (0.1: within 10% of the best), not {self.plateau_within:g}.")
+            raise GpuprofError(
+                f"--plateau-within must lie in [0, 1) (0.1: within 10% of the best), not {self.plateau_within:g}.")
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def latency_bound(curve: Sequence[CurvePoint], criteria: Criteria) -> tuple[floa
     """The ITL bound in ms and a sentence saying where it comes from (None where the curve has no ITL)."""
     if criteria.max_itl_ms is not None:
         if any(p.itl_ms is None for p in curve):
-            raise GpuprofError("--max-itl-ms needs the mean inter-token latency at every batch size, and the curve lacks it.")
+            raise GpuprofError(
+                "--max-itl-ms needs the mean inter-token latency at every batch size, and the curve lacks it.")
         return criteria.max_itl_ms, f"--max-itl-ms {criteria.max_itl_ms:g}"
     if any(p.itl_ms is None for p in curve):
         return None, "none: no inter-token latency was given, so only the gain limits the batch"
@@ -102,7 +105,8 @@ def choose(curve: Sequence[CurvePoint], criteria: Criteria, end: str = "the larg
         within = None if bound is None else p.itl_ms <= bound
         rows.append({"batch": p.batch, "tokens_per_s": p.tokens_per_s, "itl_ms": p.itl_ms,
                      "gain": p.tokens_per_s / (p.batch * per_sequence), "within_latency": within})
-    choices = {"gain": _gain_choice(rows, criteria.epsilon, bound, end), "plateau": _plateau_choice(rows, criteria, bound)}
+    choices = {"gain": _gain_choice(rows, criteria.epsilon, bound, end),
+               "plateau": _plateau_choice(rows, criteria, bound)}
     return Selection(rows, bound, bound_rule, choices)
 
 
@@ -120,7 +124,8 @@ def _gain_choice(rows: list[dict], epsilon: float, bound: float | None, end: str
         nxt = larger[0]
         reason = (f"gain {nxt['gain']:.2f} <= epsilon {epsilon:g}" if nxt["gain"] <= epsilon
                   else f"ITL {nxt['itl_ms']:.3g} ms > bound {bound:.3g} ms")
-        why = f"largest batch with gain > {epsilon:g} within the latency bound (gain {best['gain']:.2f}); batch {nxt['batch']} is out: {reason}"
+        why = (f"largest batch with gain > {epsilon:g} within the latency bound (gain {best['gain']:.2f}); "
+               f"batch {nxt['batch']} is out: {reason}")
     return Choice("gain", best["batch"], why)
 
 

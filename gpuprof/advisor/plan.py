@@ -87,9 +87,11 @@ def advise_model(serving: Serving, criteria: Criteria, deployment: Deployment,
         too_big = sorted(b for b in batches if b > max_batch)
         batches = sorted({b for b in batches if b <= max_batch})
         if too_big:
-            notes.append(f"batches {', '.join(map(str, too_big))} do not fit in memory (at most {max_batch}) and were left out")
+            notes.append(f"batches {', '.join(map(str, too_big))} do not fit in memory (at most {max_batch}) "
+                         "and were left out")
         if not batches:
-            raise GpuprofError(f"none of the --batches fits in memory; one replica holds at most {max_batch} sequences.")
+            raise GpuprofError(
+                f"none of the --batches fits in memory; one replica holds at most {max_batch} sequences.")
     else:
         batches = default_batches(max_batch)
     steps = predict_steps(serving, deployment, batches)
@@ -106,7 +108,8 @@ def advise_model(serving: Serving, criteria: Criteria, deployment: Deployment,
 def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployment,
                    serving: Serving | None = None) -> dict:
     """Choose B_opt on a measured curve; with a model, plan memory and replicas around the measured points."""
-    report = _choose(table.points, criteria, deployment, "measured", "the largest measured batch; larger ones may still pay")
+    report = _choose(table.points, criteria, deployment, "measured",
+                     "the largest measured batch; larger ones may still pay")
     for row in report["curve"]:
         row.update(table.extra.get(row["batch"], {}))
     report["mode"] = "profile"
@@ -120,11 +123,12 @@ def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployme
     budget = budget_for(serving, deployment)
     fitting = [p for p in table.points if p.batch <= budget.max_batch()]
     if len(fitting) < len(table.points):
-        report["notes"].append(f"batches above {budget.max_batch()} were measured but do not fit this workload's KV cache "
-                               f"in the memory plan; they are left out of replicas and the Pareto frontier")
+        report["notes"].append(f"batches above {budget.max_batch()} were measured but do not fit this workload's "
+                               "KV cache in the memory plan; they are left out of replicas and the Pareto frontier")
     steps = predict_steps(serving, deployment, [p.batch for p in fitting])
-    plan = _serving_plan(serving, deployment, budget, steps, b_opt, (table.points[-1].batch, "the largest measured batch"),
-                         report["latency_bound_ms"], anchors={p.batch: p for p in fitting})
+    largest = (table.points[-1].batch, "the largest measured batch")
+    plan = _serving_plan(serving, deployment, budget, steps, b_opt, largest, report["latency_bound_ms"],
+                         anchors={p.batch: p for p in fitting})
     report["notes"] += plan.pop("notes")
     report.update(plan)
     return report
@@ -154,12 +158,14 @@ def _serving_plan(serving: Serving, deployment: Deployment, budget: MemoryBudget
     if b_opt in steps:
         rows = {b: _replica_rows(s, budget, anchors.get(b), bound_ms) for b, s in steps.items()}
         instances = _best_replicas(rows[b_opt])
-        plan.update(replicas=rows[b_opt], pareto=pareto_frontier([r for batch_rows in rows.values() for r in batch_rows]),
+        every_plan = [r for batch_rows in rows.values() for r in batch_rows]
+        plan.update(replicas=rows[b_opt], pareto=pareto_frontier(every_plan),
                     vllm=vllm_settings(serving.model, deployment.dtype, b_opt, budget.utilization(b_opt), instances,
                                        serving.workload.max_tokens))
         notes += _pareto_notes(plan["pareto"], b_opt, instances)
         if anchors:
-            notes.append("replica rows: the measured single-instance point scaled by the model's predicted replica gain")
+            notes.append("replica rows: the measured single-instance point scaled by the model's predicted "
+                         "replica gain")
     else:
         notes.append(f"B_opt {b_opt} does not fit this workload's KV cache in memory; no replica plan")
     notes += _model_notes(serving.model, serving.workload, serving.calibration)
@@ -173,7 +179,8 @@ def _pareto_notes(pareto: list[dict] | None, b_opt: int, instances: int) -> list
     if best is None or (best["batch"], best["replicas"]) == (b_opt, instances):
         return []
     return [f"on the Pareto frontier, {best['replicas']} replica(s) at batch {best['batch']} give "
-            f"{best['tokens_per_s']:,.0f} tokens/s at {best['itl_ms']:.3g} ms per token, the most within the latency bound"]
+            f"{best['tokens_per_s']:,.0f} tokens/s at {best['itl_ms']:.3g} ms per token, the most within the "
+            "latency bound"]
 
 
 def _replica_rows(step: StepPrediction, budget: MemoryBudget, anchor: CurvePoint | None,

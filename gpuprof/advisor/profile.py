@@ -81,7 +81,8 @@ def find_column(rows: list[dict], role: str, given: str | None = None) -> str | 
     present = {str(k).strip().lower(): k for r in rows for k in r}
     if given is not None:
         if given.lower() not in present:
-            raise GpuprofError(f"the profile has no column {given!r}; its columns are {', '.join(map(str, present.values()))}.")
+            names = ", ".join(map(str, present.values()))
+            raise GpuprofError(f"the profile has no column {given!r}; its columns are {names}.")
         return present[given.lower()]
     return next((present[c] for c in COLUMNS[role] if c in present), None)
 
@@ -121,9 +122,11 @@ def read_profile(path: Path, batch_column: str | None = None, throughput_column:
         values = {role: _number(row.get(col), path, i, col) for role, col in columns.items()}
         batch, throughput = values["batch"], values["throughput"]
         if batch is None or batch < 1 or batch != int(batch):
-            raise GpuprofError(f"{path} row {i}: the batch size must be a positive whole number, not {row.get(columns['batch'])!r}.")
+            raise GpuprofError(f"{path} row {i}: the batch size must be a positive whole number, "
+                               f"not {row.get(columns['batch'])!r}.")
         if throughput is None or throughput <= 0:
-            raise GpuprofError(f"{path} row {i}: the throughput must be a positive number, not {row.get(columns['throughput'])!r}.")
+            raise GpuprofError(f"{path} row {i}: the throughput must be a positive number, "
+                               f"not {row.get(columns['throughput'])!r}.")
         if "itl" in columns and (values["itl"] is None or values["itl"] <= 0):
             raise GpuprofError(f"{path} row {i}: the inter-token latency ({columns['itl']}) must be a positive number.")
         by_batch.setdefault(int(batch), []).append(values)

@@ -94,8 +94,8 @@ def _memory(m: dict) -> None:
     console.print()
     console.print(f"[bold]memory[/bold]: GPU {_gib(m['gpu_memory_bytes'])} ({m['gpu_memory_source']}), "
                   f"{m['fraction']:.0%} usable = {_gib(m['usable_bytes'])}")
-    console.print(f"  weights {_gib(m['weights_bytes'])}; KV cache {m['kv_bytes_per_token'] / 1024:.0f} KiB per token x "
-                  f"{m['kv_tokens_per_sequence']:.0f} tokens per sequence (blocks of {m['block_tokens']}) = "
+    console.print(f"  weights {_gib(m['weights_bytes'])}; KV cache {m['kv_bytes_per_token'] / 1024:.0f} KiB per "
+                  f"token x {m['kv_tokens_per_sequence']:.0f} tokens per sequence (blocks of {m['block_tokens']}) = "
                   f"{per_sequence / 2**20:.0f} MiB per sequence")
     console.print(f"  KV cache at B_opt {m['b_opt']}: {_gib(m['kv_bytes_b_opt'])}; at {m['largest_batch']} "
                   f"({m['largest_batch_is']}): {_gib(m['kv_bytes_largest'])}; freed: {_gib(m['freed_bytes'])}")

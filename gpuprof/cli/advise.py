@@ -57,7 +57,8 @@ def resolve_gpu(name: str | None, memory_gb: float | None) -> Gpu:
 @click.option("--max-itl-ms", type=float, help="An absolute ITL bound in ms (replaces --latency-factor).")
 @click.option("--plateau-within", type=float, default=0.1, show_default=True,
               help="Plateau rule: smallest batch within this fraction of the best throughput.")
-@click.option("--rule", type=click.Choice(RULES), default="gain", show_default=True, help="Which rule's batch to plan on.")
+@click.option("--rule", type=click.Choice(RULES), default="gain", show_default=True,
+              help="Which rule's batch to plan on.")
 @click.option("--memory-fraction", type=float, default=DEFAULT_FRACTION, show_default=True,
               help="Fraction of GPU memory all replicas together may use.")
 @click.option("--workspace-gb", type=float, default=2.0, show_default=True,

@@ -28,7 +28,8 @@ def command(run: Path, out: Path | None, dtype: str | None, step_overhead_us: fl
              "overhead_us": fit["overhead_us"], "points": fit["details"]["points"],
              "median_rel_err": fit["details"]["median_rel_err"], "max_rel_err": fit["details"]["max_rel_err"]}
             for name, fit in calibration["kernels"].items()]
-    print_table(rows, list(rows[0]), title=f"calibration of {run} ({calibration['provenance']['gpu']}, {calibration['dtype']})")
+    gpu = calibration["provenance"]["gpu"]
+    print_table(rows, list(rows[0]), title=f"calibration of {run} ({gpu}, {calibration['dtype']})")
     for name, fit in calibration["kernels"].items():
         for rate in ("gbps_source", "tflops_source"):
             if fit["details"][rate] != "fitted":
