@@ -10,6 +10,8 @@ from gpuprof import device
 from gpuprof.advisor.calibration import UNCALIBRATED
 from gpuprof.cli import main
 
+REAL_CUDA_AVAILABLE = device.cuda_available
+
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
@@ -166,3 +168,14 @@ def test_profile_b_opt_that_does_not_fit_the_workload(tmp_path):
     assert report["b_opt"] == 128 and report["memory"]["max_batch_one_replica"] == 38
     assert report["replicas"] is None and report["vllm"] == {"max_num_seqs": 128}
     assert any("B_opt 128 does not fit" in n for n in report["notes"])
+
+
+@pytest.mark.gpu
+def test_plans_for_the_visible_gpu_by_default(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(device, "cuda_available", REAL_CUDA_AVAILABLE)
+    report = advise_json("--model", "qwen2.5-0.5b")
+    assert report["gpu"]["name"] == torch.cuda.get_device_name()
+    assert report["gpu"]["memory_bytes"] == torch.cuda.get_device_properties(0).total_memory
+    assert report["gpu"]["memory_source"] == "this GPU, as CUDA reports it"
