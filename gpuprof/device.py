@@ -157,7 +157,7 @@ def gpu_slug(name: str) -> str:
 
 @dataclass(frozen=True)
 class Datasheet:
-    """Vendor figures: dense (no sparsity) tensor-core rates, and the memory bandwidth."""
+    """Vendor figures: dense (no sparsity) tensor-core rates, the memory bandwidth and the memory size."""
 
     name: str
     pattern: str  # a regular expression searched in the lower-cased device name
@@ -166,18 +166,19 @@ class Datasheet:
     bf16_tflops: float
     fp32_tflops: float
     source: str
+    memory_bytes: int = 0  # the vendor's "GB" read as GiB, as HBM stacks are (80GB = 5 x 16 GiB)
 
 
 # Only where nothing was measured; always reported with source "datasheet".
 DATASHEETS: tuple[Datasheet, ...] = (
-    Datasheet("H100 SXM5 80GB", r"\bh100\b.*\bhbm3\b", 3350, 989.4, 989.4, 66.9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
-    Datasheet("H100 PCIe 80GB", r"\bh100\b.*\bpcie\b", 2000, 756.5, 756.5, 51.2, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)"),
-    Datasheet("H200 SXM 141GB", r"\bh200\b", 4800, 989.4, 989.4, 66.9, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
-    Datasheet("A100 SXM4 80GB", r"\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
-    Datasheet("A100 SXM4 40GB", r"\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)"),
-    Datasheet("L40S", r"\bl40s\b", 864, 362.05, 362.05, 91.6, "NVIDIA L40S GPU datasheet"),
-    Datasheet("L4", r"\bl4\b", 300, 121.0, 121.0, 30.3, "NVIDIA L4 Tensor Core GPU datasheet"),
-    Datasheet("RTX 4090", r"\b4090\b", 1008, 165.2, 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090, FP32 accumulate)"),
+    Datasheet("H100 SXM5 80GB", r"\bh100\b.*\bhbm3\b", 3350, 989.4, 989.4, 66.9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)", 80 << 30),
+    Datasheet("H100 PCIe 80GB", r"\bh100\b.*\bpcie\b", 2000, 756.5, 756.5, 51.2, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)", 80 << 30),
+    Datasheet("H200 SXM 141GB", r"\bh200\b", 4800, 989.4, 989.4, 66.9, "NVIDIA H200 Tensor Core GPU datasheet (SXM)", 141 << 30),
+    Datasheet("A100 SXM4 80GB", r"\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", 80 << 30),
+    Datasheet("A100 SXM4 40GB", r"\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)", 40 << 30),
+    Datasheet("L40S", r"\bl40s\b", 864, 362.05, 362.05, 91.6, "NVIDIA L40S GPU datasheet", 48 << 30),
+    Datasheet("L4", r"\bl4\b", 300, 121.0, 121.0, 30.3, "NVIDIA L4 Tensor Core GPU datasheet", 24 << 30),
+    Datasheet("RTX 4090", r"\b4090\b", 1008, 165.2, 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090, FP32 accumulate)", 24 << 30),
 )
 
 

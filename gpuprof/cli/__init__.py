@@ -28,9 +28,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gpuprof.cli import bench, info, peaks, report, sweep
+    from gpuprof.cli import advise, bench, calibrate, info, peaks, report, sweep
 
-    for module in (info, peaks, bench, sweep, report):
+    for module in (info, peaks, bench, sweep, report, calibrate, advise):
         main.add_command(module.command)
 
 
