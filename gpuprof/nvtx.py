@@ -52,6 +52,13 @@ def domain():
     return _domain
 
 
+def available() -> bool:
+    """Whether the nvtx package is installed (without it, gpuprof emits no ranges)."""
+    import importlib.util
+
+    return importlib.util.find_spec("nvtx") is not None
+
+
 def enabled() -> bool:
     """Whether a tool listens to the gpuprof domain in this process."""
     # nvtx's real Domain carries a handle; its stand-in for "no tool attached" does not.

@@ -14,6 +14,7 @@ kernels.jsonl (one row per profiled launch), points.jsonl (the points with their
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shlex
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from gpuprof import nvtx
 from gpuprof.counters import ncu
+from gpuprof.device import gpu_slug
 from gpuprof.errors import GpuprofError
 from gpuprof.records import SHAPE_KEYS, Run, command_line, dumps, read_points, utc_now
 
@@ -81,6 +83,12 @@ class Result:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
+def default_out(gpu_name: str, root: Path = Path("traces")) -> Path:
+    """traces/<gpu-slug>/profile-<UTC time>."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return root / gpu_slug(gpu_name) / f"profile-{stamp}"
+
+
 def target_command(command: Sequence[str]) -> list[str]:
     """The command to profile; `gpuprof ...` runs as `python -m gpuprof ...` of this very installation."""
     if not command:
@@ -92,7 +100,7 @@ def target_command(command: Sequence[str]) -> list[str]:
 
 def run(
     request: Request,
-    runner: Runner = subprocess.run,
+    runner: Runner | None = None,
     ncu_path: str | None = None,
     compute_capability: float | None = None,
     gpu: Mapping | None = None,
@@ -100,9 +108,13 @@ def run(
     git_commit: str | None = None,
 ) -> Result:
     """Profile the command, read the report back, join launches to points; write everything under request.out."""
+    runner = runner or subprocess.run
     ncu_path = ncu_path or ncu.find_ncu()
     metrics = ncu.metrics_for(request.sets, request.extra_metrics, compute_capability)
     command = target_command(request.command)
+    if request.nvtx_include and Path(request.command[0]).name == "gpuprof" and not nvtx.available():
+        raise GpuprofError("the nvtx package is not installed, so gpuprof marks no launches for ncu's NVTX filter; "
+                           "install it (pip install nvtx).")
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     report, log, child_points = out / "report.ncu-rep", out / "ncu.log", out / "child-points.jsonl"
@@ -133,8 +145,8 @@ def run(
     return Result(out, report, metrics, kernels, points)
 
 
-def ncu_version(ncu_path: str, runner: Runner = subprocess.run) -> str | None:
-    done = runner([ncu_path, "--version"], capture_output=True, text=True)
+def ncu_version(ncu_path: str, runner: Runner | None = None) -> str | None:
+    done = (runner or subprocess.run)([ncu_path, "--version"], capture_output=True, text=True)
     lines = [l.strip() for l in (done.stdout or "").splitlines() if l.strip()]
     return lines[-1] if done.returncode == 0 and lines else None
 

@@ -28,9 +28,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gpuprof.cli import bench, info, peaks
+    from gpuprof.cli import bench, info, peaks, profile
 
-    for module in (info, peaks, bench):
+    for module in (info, peaks, bench, profile):
         main.add_command(module.command)
 
 
