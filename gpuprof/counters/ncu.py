@@ -27,7 +27,7 @@ class Metric:
     scale: float = 1.0  # printed value = stored value * scale (stored values stay in base units)
 
 
-_DURATION = Metric("gpu__time_duration.sum", "time_us", 1e-3)
+_DURATION = Metric("gpu__time_duration.sum", "ncu_us", 1e-3)  # ncu's duration of a replayed launch
 _STALL_REASONS = (
     "long_scoreboard", "short_scoreboard", "wait", "barrier", "mio_throttle", "lg_throttle", "math_pipe_throttle",
     "not_selected", "selected", "dispatch_stall", "no_instruction", "branch_resolving", "membar", "drain",
@@ -64,6 +64,7 @@ SET_ALIASES = {"sol": "speed-of-light", "all": ",".join(METRIC_SETS)}
 # Hopper's warpgroup MMA (wgmma) runs on its own tensor pipe; the metric exists from compute capability 9.0.
 _GMMA = Metric("sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active", "gmma_pipe_%")
 
+_CUDA_DEFAULT = "/usr/local/cuda"
 NVTX_COLUMN_HINTS = ("Push/Pop_Range", "NVTX")
 _ID_COLUMNS = {"ID": "ncu_id", "Process ID": "pid", "Kernel Name": "kernel_name", "Block Size": "block",
                "Grid Size": "grid", "Device": "device", "CC": "cc", "Stream": "stream"}
@@ -112,7 +113,7 @@ def find_ncu() -> str:
     found = shutil.which("ncu")
     if found:
         return found
-    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+    for root in (os.environ.get("CUDA_HOME"), _CUDA_DEFAULT):
         candidate = Path(root or "/nonexistent") / "bin" / "ncu"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
