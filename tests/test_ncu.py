@@ -133,15 +133,25 @@ def test_nvtx_ranges_keep_colons_inside_range_names():
     assert ncu.nvtx_ranges("") == [] and ncu.nvtx_ranges('1  "gpuprof:measure"') == [("gpuprof", "measure")]
 
 
-@pytest.mark.parametrize("log, message", [
-    ("handmade-log-errperm.txt", "ERR_NVGPUCTRPERM"),
-    ("handmade-log-unknown-metric.txt", "does not know the metric sm__pipe_tensor_op_gmma_cycles_active"),
-    ("handmade-log-no-kernels.txt", "no kernel matched the NVTX filter 'gpuprof@measure/'"),
-])
-def test_ncu_messages_become_one_sentence(log, message):
+LOG_ERRORS = {  # every log here, hand-made or recorded (tests/data/ncu/record.sh), by its suffix
+    "-log-errperm.txt": "ERR_NVGPUCTRPERM",
+    "-log-unknown-metric.txt": "does not know the metric",
+    "-log-no-kernels.txt": "no kernel matched the NVTX filter 'gpuprof@measure/'",
+}
+LOGS = sorted(p for p in DATA.glob("*-log-*.txt"))
+
+
+@pytest.mark.parametrize("log", LOGS, ids=lambda p: p.name)
+def test_ncu_messages_become_one_sentence(log):
+    message = next(m for suffix, m in LOG_ERRORS.items() if log.name.endswith(suffix))
     with pytest.raises(GpuprofError, match=message) as error:
-        ncu.check_messages((DATA / log).read_text(), "gpuprof@measure/")
+        ncu.check_messages(log.read_text(), "gpuprof@measure/")
     assert "\n" not in str(error.value)
+
+
+def test_unknown_metric_is_named():
+    with pytest.raises(GpuprofError, match="metric sm__pipe_tensor_op_gmma_cycles_active.avg.pct"):
+        ncu.check_messages((DATA / "handmade-log-unknown-metric.txt").read_text(), None)
 
 
 def test_other_ncu_errors_and_clean_logs():

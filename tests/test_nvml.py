@@ -103,6 +103,18 @@ def test_summarize_without_gpm_or_energy_counter():
     assert out["nvml_power_w"] == pytest.approx((30.0 + 68.0 + 70.0) / 3)
 
 
+@pytest.mark.parametrize("path", sorted(DATA.glob("*-window.json")), ids=lambda p: p.name)
+def test_every_window_summarizes_to_plausible_columns(path):
+    w = Window.from_json(json.loads(path.read_text())["window"])
+    out = summarize(w)
+    assert len(w.readings) >= 2 and all(b.t >= a.t for a, b in zip(w.readings, w.readings[1:]))
+    for column in GPM_COLUMNS:
+        assert 0 <= out.get(column, 0) <= 100
+    assert 0 < out["nvml_power_w"] < 2000
+    if "nvml_energy_j" in out:
+        assert out["nvml_energy_j"] > 0
+
+
 def test_window_json_round_trip():
     w = load("handmade-h100-copy-window.json")
     assert Window.from_json(json.loads(json.dumps(w.to_json()))) == w

@@ -19,6 +19,7 @@ from gpuprof.counters import ncu
 from gpuprof.device import GPUInfo
 from gpuprof.errors import GpuprofError
 from gpuprof.profile import ChildSession, Request
+from gpuprof.records import read_points
 
 DATA = Path(__file__).parent / "data" / "ncu"
 RAW = (DATA / "handmade-sol-copy-read.raw.csv").read_text()
@@ -79,6 +80,27 @@ def test_run_joins_measured_launches_to_points_and_writes_a_run(tmp_path):
     assert len((out / "points.jsonl").read_text().splitlines()) == 2
     assert len((out / "kernels.jsonl").read_text().splitlines()) == 9
     assert (out / "raw.csv").read_text() == RAW and (out / "command-output.txt").exists()
+
+
+RAW_FILES = sorted(DATA.glob("*.raw.csv"))  # hand-made, and any recorded by tests/data/ncu/record.sh
+
+
+@pytest.mark.parametrize("raw", RAW_FILES, ids=lambda p: p.name)
+def test_every_profiled_launch_joins_its_point(raw):
+    table = ncu.parse_raw_csv(raw.read_text())
+    kernels = profile_lib.label_kernels(table.rows)
+    points = read_points(raw.with_name(raw.name.replace(".raw.csv", ".points.jsonl")))
+    joined = profile_lib.join(kernels, points, calls=profile_lib.DEFAULT_CALLS)
+    assert kernels and all(k["phase"] == "measure" and k["point_id"] is not None for k in kernels)
+    assert sum(p["ncu_launches"] for p in joined) == len(kernels)  # no launch left over, none counted twice
+    for p in joined:
+        if p["status"] == "ok":
+            assert p["ncu_launches"] > 0 and p["ncu_launches"] % p["profile_calls"] == 0
+            assert p[DURATION] > 0
+    for k in kernels:
+        for column, value in k.items():
+            if column.endswith("pct_of_peak_sustained_elapsed") and value is not None:
+                assert 0 <= value <= 100.5, (column, value)
 
 
 def test_derived_dram_bandwidth():
