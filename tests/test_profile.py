@@ -270,3 +270,14 @@ def test_profile_a_copy_under_real_ncu(tmp_path):
     assert big["ncu_dram__bytes_read_sum"] + big["ncu_dram__bytes_write_sum"] == pytest.approx(big["bytes"], rel=0.05)
     assert all(k["phase"] == "measure" for k in result.kernels)
     assert shutil.which(ncu_path) or Path(ncu_path).exists()
+
+
+@pytest.mark.gpu
+def test_bench_counters_ncu_adds_columns_to_timed_rows(tmp_path):
+    _ncu_or_skip()
+    r = CliRunner().invoke(main, ["bench", "copy", "--n", "100000000", "--counters", "ncu", "--max-time", "0.2",
+                                  "--out", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "points.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["time_us"] > 0 and rows[0]["ncu_launches"] == profile_lib.DEFAULT_CALLS
+    assert rows[0][DRAM] > 50 and (tmp_path / "run" / "ncu" / "report.ncu-rep").exists()

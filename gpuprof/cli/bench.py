@@ -104,16 +104,18 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     if sampler:
         sampler.close()
     if ncu_path:
-        child = bench_command(kernel, chosen, dts, shape_lists, max_time)
-        profiled = profile_lib.run(
-            profile_lib.Request(command=child, out=(out / "ncu") if out else profile_lib.default_out(gpu.name),
-                                sets=ncu.metric_sets(ncu_set)),
-            ncu_path=ncu_path, compute_capability=float(gpu.compute_capability), gpu=gpu.manifest(),
-            versions=software_versions(), git_commit=git_commit())
-        profile_lib.merge(points, profiled.points)
-        for p in points if run else []:
-            run.append(p)
-        console.print(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", style="dim")
+        try:
+            profiled = profile_lib.run(
+                profile_lib.Request(command=bench_command(kernel, chosen, dts, shape_lists, max_time),
+                                    out=(out / "ncu") if out else profile_lib.default_out(gpu.name),
+                                    sets=ncu.metric_sets(ncu_set)),
+                ncu_path=ncu_path, compute_capability=float(gpu.compute_capability), gpu=gpu.manifest(),
+                versions=software_versions(), git_commit=git_commit())
+            profile_lib.merge(points, profiled.points)
+            console.print(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", style="dim")
+        finally:  # the timed points are kept even when profiling fails
+            for p in points if run else []:
+                run.append(p)
     if csv_path:
         write_csv(points, csv_path)
     if as_json:
