@@ -92,7 +92,7 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     peaks = peaks_lib.load(gpu.name) if gpu else None
     run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks) if out else None
     options = TimingOptions(max_time_s=max_time)
-    sampler = NvmlSampler.open(notify=lambda m: console.print(m, style="yellow")) if "nvml" in counters else None
+    sampler = NvmlSampler.open(notify=lambda m: click.echo(m, err=True)) if "nvml" in counters else None
     points = []
     for shape, dtype, impl in itertools.product(grid, dts, chosen):
         p = measure_point(op, impl, shape, dtype, device=device, peaks=peaks, options=options,
@@ -112,7 +112,7 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
                 ncu_path=ncu_path, compute_capability=float(gpu.compute_capability), gpu=gpu.manifest(),
                 versions=software_versions(), git_commit=git_commit())
             profile_lib.merge(points, profiled.points)
-            console.print(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", style="dim")
+            click.echo(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", err=True)
         finally:  # the timed points are kept even when profiling fails
             for p in points if run else []:
                 run.append(p)
