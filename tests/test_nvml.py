@@ -15,7 +15,7 @@ import torch
 
 from gpuprof.bench import measure_point
 from gpuprof.counters import nvml
-from gpuprof.counters.nvml import GPM_COLUMNS, NvmlSampler, PynvmlDevice, Reading, Window, summarize
+from gpuprof.counters.nvml import GPM_COLUMNS, NvmlSampler, Reading, Window, summarize
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import get_op
 

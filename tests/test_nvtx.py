@@ -9,8 +9,9 @@ import torch
 from gpuprof import nvtx
 from gpuprof.bench import measure_point
 from gpuprof.harness import TimingOptions
-from gpuprof.ops.base import Launch, Op, Work
+from gpuprof.ops.base import Launch
 from gpuprof.profile import ENV_CALLS, ENV_POINTS
+from test_bench import Scale
 
 QUICK = TimingOptions(warmup_ms=0, max_time_s=0.02, min_reps=3)
 
@@ -37,25 +38,15 @@ def recorder(monkeypatch):
     return r
 
 
-class Double(Op):
-    """y = 2x on the CPU; remembers the NVTX stack at each call, and can fail while timed."""
+class Double(Scale):
+    """test_bench's y = 2x; remembers the NVTX stack at each call, and can fail while timed."""
 
     kernel = "double"
     impls = ("torch", "fails-when-timed")
-    shape_keys = ("n",)
 
     def __init__(self, recorder):
         self.recorder = recorder
         self.stacks = []
-
-    def work(self, shape, dtype):
-        return Work(bytes=8 * shape["n"], flops=shape["n"])
-
-    def input_bytes(self, shape, dtype):
-        return 8 * shape["n"]
-
-    def make_inputs(self, shape, dtype, device, generator):
-        return {"x": torch.randn(shape["n"], generator=generator)}
 
     def launch(self, impl, inputs):
         x, out = inputs["x"], torch.empty_like(inputs["x"])
@@ -68,9 +59,6 @@ class Double(Op):
             return out
 
         return Launch(run=run, out=out)
-
-    def reference(self, inputs):
-        return inputs["x"].double() * 2
 
 
 def test_point_message_names_kernel_impl_and_parameters():
