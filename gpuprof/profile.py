@@ -125,10 +125,11 @@ def run(
     done = runner(argv, env=env, capture_output=True, text=True)
     (out / "command-output.txt").write_text((done.stdout or "") + (done.stderr or ""))
     messages = (log.read_text() if log.exists() else "") + (done.stderr or "")
-    ncu.check_messages(messages, request.nvtx_include)
-    if done.returncode != 0:
-        last = next((l for l in reversed((done.stderr or done.stdout or "").splitlines()) if l.strip()), "")
-        raise GpuprofError(f"the profiled command exited with status {done.returncode}: {last.strip() or 'no output'}")
+    failure = None
+    if done.returncode != 0 or ncu.application_failed(messages):
+        output = [l.strip() for l in (done.stderr or done.stdout or "").splitlines() if l.strip() and "==" not in l]
+        failure = f"the profiled command failed (exit status {done.returncode}): {output[-1] if output else 'no output'}"
+    ncu.check_messages(messages, request.nvtx_include, failure)
     if not report.exists():
         raise ncu.no_kernel_matched(request.nvtx_include)
     imported = runner(ncu.import_command(ncu_path, report), capture_output=True, text=True)

@@ -132,7 +132,9 @@ def test_merge_into_timed_points_by_shape():
     (FakeNcu(log=(DATA / "handmade-log-unknown-metric.txt").read_text(), exit_code=1), "does not know the metric"),
     (FakeNcu(report=False), "no kernel matched the NVTX filter"),
     (FakeNcu(csv='"ID","Kernel Name"\n"",""\n'), "no kernel matched the NVTX filter"),
-    (FakeNcu(exit_code=3, stderr="Traceback ...\nRuntimeError: CUDA out of memory\n"), "status 3: RuntimeError"),
+    (FakeNcu(exit_code=3, stderr="Traceback ...\nRuntimeError: CUDA out of memory\n"), "status 3\\): RuntimeError"),
+    (FakeNcu(log="==ERROR== The application returned an error code (1).\n", exit_code=1,
+             stderr="Error: gemv has no implementation foo\n"), "failed \\(exit status 1\\): Error: gemv has no"),
 ])
 def test_errors_are_one_sentence(tmp_path, fake, message):
     with pytest.raises(GpuprofError, match=message) as error:

@@ -149,8 +149,11 @@ def import_command(ncu: str, report: Path) -> list[str]:
     return [ncu, "--import", str(report), "--csv", "--page", "raw", "--print-units", "base"]
 
 
-def check_messages(text: str, nvtx_include: str | None) -> None:
-    """Raise the one-sentence error for what ncu's own messages (==ERROR== / ==WARNING== lines) report."""
+def check_messages(text: str, nvtx_include: str | None, command_failure: str | None = None) -> None:
+    """Raise the one-sentence error for what ncu's own messages (==ERROR== / ==WARNING== lines) report.
+
+    `command_failure`, the sentence for a profiled command that failed, wins over ncu's generic errors.
+    """
     if "ERR_NVGPUCTRPERM" in text:
         raise GpuprofError(
             "this user may not read the GPU's performance counters (ncu: ERR_NVGPUCTRPERM); run as root, or load "
@@ -162,11 +165,18 @@ def check_messages(text: str, nvtx_include: str | None) -> None:
             f"ncu does not know the metric {', '.join(unknown)} on this GPU or ncu version; `ncu --query-metrics` "
             "lists the ones it has."
         )
+    if command_failure:
+        raise GpuprofError(command_failure)
     errors = [line.split("==ERROR==", 1)[1].strip() for line in text.splitlines() if "==ERROR==" in line]
     if errors:
         raise GpuprofError(f"ncu failed: {errors[0]}")
     if re.search(r"==WARNING==\s+No kernels were profiled", text):
         raise no_kernel_matched(nvtx_include)
+
+
+def application_failed(text: str) -> bool:
+    """Whether ncu reports the profiled application's non-zero exit code."""
+    return "returned an error code" in text
 
 
 def no_kernel_matched(nvtx_include: str | None) -> GpuprofError:
