@@ -30,8 +30,8 @@ class Collector(Protocol):
     """Counters gathered over a point's counter window (NVML sampler, ...); adds its columns to the record.
 
     After timing, the point's calls run back to back, without L2 flushes, for at least the largest
-    `min_window_s` of the collectors, between `start` and `stop`; the record holds the window's length and calls
-    (`counters_window_s`, `counters_window_calls`) before `stop` is called.
+    `min_window_s` of the collectors (one without it needs no particular length), between `start` and `stop`;
+    the record holds the window's length and calls (`counters_window_s`, `counters_window_calls`) before `stop`.
     """
 
     min_window_s: float
@@ -169,7 +169,7 @@ def _sync(device: str):
 
 def _count(collectors: Sequence[Collector], fns, sync, point: dict) -> dict:
     """The collectors' columns over one window of back-to-back calls (see Collector)."""
-    seconds = max(c.min_window_s for c in collectors)
+    seconds = max(getattr(c, "min_window_s", 0.0) for c in collectors)  # 0: one batch of calls will do
     call_s = point["time_us"] * 1e-6
     for c in collectors:
         c.start(point)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from gpuprof.bench import measure_point
-from gpuprof.counters import nvml
+from gpuprof.counters import make_collectors, nvml
+from gpuprof.errors import GpuprofError
 from gpuprof.counters.nvml import GPM_COLUMNS, NvmlSampler, Reading, Window, summarize
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import get_op
@@ -254,6 +255,29 @@ def test_measure_point_adds_nvml_columns_over_a_window_of_back_to_back_calls():
     assert p["nvml_dram_util_pct"] == 50.0 and p["nvml_energy_per_call_j"] == pytest.approx(
         p["nvml_energy_j"] / p["counters_window_calls"])
     assert device.live_samples == set()
+
+
+def test_make_collectors(monkeypatch):
+    assert make_collectors([]) == []
+    with pytest.raises(GpuprofError, match="unknown counters perf"):
+        make_collectors(["nvml", "perf"])
+    with pytest.raises(GpuprofError, match="gpuprof profile -- gpuprof"):
+        make_collectors(["ncu"])
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)
+    said = []
+    assert make_collectors(["nvml"], notify=said.append) == [] and len(said) == 1
+
+
+def test_a_collector_without_a_window_length_gets_one_batch_of_calls():
+    class Constant:
+        def start(self, point):
+            self.started = True
+
+        def stop(self, point):
+            return {"nvml_dram_util_pct": 91.0}
+
+    p = measure_point(get_op("copy"), "torch", {"n": 64}, "fp32", device="cpu", options=QUICK, collectors=[Constant()])
+    assert p["nvml_dram_util_pct"] == 91.0 and p["counters_window_calls"] >= 1 and p["counters_window_s"] > 0
 
 
 @pytest.mark.gpu

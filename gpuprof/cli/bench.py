@@ -11,8 +11,7 @@ from gpuprof import peaks as peaks_lib
 from gpuprof import profile as profile_lib
 from gpuprof.bench import measure_point
 from gpuprof.cli.output import console, print_json, print_table
-from gpuprof.counters import COUNTERS, ncu
-from gpuprof.counters.nvml import NvmlSampler
+from gpuprof.counters import COUNTERS, make_collectors, ncu
 from gpuprof.device import git_commit, info, require_gpu, software_versions
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
@@ -92,17 +91,17 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     peaks = peaks_lib.load(gpu.name) if gpu else None
     run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks) if out else None
     options = TimingOptions(max_time_s=max_time)
-    sampler = NvmlSampler.open(notify=lambda m: click.echo(m, err=True)) if "nvml" in counters else None
+    collectors = make_collectors([n for n in counters if n != "ncu"], notify=lambda m: click.echo(m, err=True))
     points = []
     for shape, dtype, impl in itertools.product(grid, dts, chosen):
         p = measure_point(op, impl, shape, dtype, device=device, peaks=peaks, options=options,
-                          l2_bytes=gpu.l2_bytes if gpu else 0, collectors=[sampler] if sampler else [],
+                          l2_bytes=gpu.l2_bytes if gpu else 0, collectors=collectors,
                           extra={"device": device})
         points.append(p)
         if run and not ncu_path:
             run.append(p)
-    if sampler:
-        sampler.close()
+    for c in collectors:
+        c.close()
     if ncu_path:
         try:
             profiled = profile_lib.run(
