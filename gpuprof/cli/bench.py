@@ -89,7 +89,7 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     grid = shape_grid(kernel, {k: int_list(v, k) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
-    run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks) if out else None
+    run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks, counters) if out else None
     options = TimingOptions(max_time_s=max_time)
     collectors = make_collectors([n for n in counters if n != "ncu"], notify=lambda m: click.echo(m, err=True))
     points = []
@@ -147,7 +147,7 @@ def bench_command(kernel: str, impls: list[str], dtypes: list[str], shape_lists:
     return argv
 
 
-def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks) -> Run:
+def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks, counters) -> Run:
     manifest = {
         "gpu": gpu.manifest() if gpu else None,
         "versions": software_versions(),
@@ -155,6 +155,6 @@ def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks) -> Run:
         "command": command_line(),
         "started_at": utc_now(),
         "peaks": peaks,
-        "grid": {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid},
+        "grid": {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid, "counters": counters},
     }
     return Run.create(out, manifest)
