@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # The Triton kernels live in the top-level folder kernels/ but import as gpuprof.kernels: a top-level package
 # named `kernels` would clash with an unrelated PyPI package of that name.
@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gpuprof", "gpuprof.advisor", "gpuprof.cli", "gpuprof.ops", "gpuprof.kernels", "gpuprof.csrc"],
+    packages=["gpuprof", *(f"gpuprof.{p}" for p in find_packages("gpuprof")), "gpuprof.kernels", "gpuprof.csrc"],
     package_dir={"gpuprof": "gpuprof", "gpuprof.kernels": "kernels", "gpuprof.csrc": "csrc"},
     package_data={"gpuprof.csrc": ["*.cu", "*.cuh"]},
     install_requires=[

@@ -2,6 +2,10 @@
 
 `measure_point` is the one path from an op to a record; `gpuprof bench`, `gpuprof sweep` and `gpuprof peaks`
 all go through it, so every record is checked, timed and counted the same way.
+
+Each point runs inside its own NVTX range (gpuprof.nvtx), whose message the record keeps as `nvtx_range`. Under
+`gpuprof profile` (gpuprof.profile.ChildSession) the timing loop gives way to a few untimed calls for Nsight
+Compute; with collectors (the NVML sampler), the calls run back to back for the collectors' window after timing.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from typing import Protocol
 
 import torch
 
-from gpuprof import harness
+from gpuprof import harness, nvtx
 from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.ops.base import Op
+from gpuprof.profile import ChildSession
 from gpuprof.records import add_work, new_point
 
 # Input sets rotate (instead of flushing L2) while this many sets fit the rotation budget.
@@ -22,7 +27,14 @@ _MAX_SETS = 64
 
 
 class Collector(Protocol):
-    """Counters gathered while a point is timed (NVML sampler, ...); adds its columns to the record."""
+    """Counters gathered over a point's counter window (NVML sampler, ...); adds its columns to the record.
+
+    After timing, the point's calls run back to back, without L2 flushes, for at least the largest
+    `min_window_s` of the collectors (one without it needs no particular length), between `start` and `stop`;
+    the record holds the window's length and calls (`counters_window_s`, `counters_window_calls`) before `stop`.
+    """
+
+    min_window_s: float
 
     def start(self, point: Mapping) -> None: ...
 
@@ -88,12 +100,27 @@ def measure_point(
     so a sweep carries on with the rest.
     """
     point = new_point(kernel=op.kernel, impl=impl, model=model, dtype=dtype, **dict(shape), **dict(extra or {}))
+    params = {**dict(shape), "dtype": dtype, "model": model}
+    point["nvtx_range"] = nvtx.point_message(op.kernel, impl, nvtx.next_point_id(), params)
+    profiling = ChildSession.from_env()
+    with nvtx.nvtx_range(point["nvtx_range"]):
+        _measure(op, impl, shape, dtype, point, device=device, peaks=peaks, options=options, seed=seed,
+                 l2_bytes=l2_bytes, collectors=collectors, profiling=profiling)
+    if profiling:
+        profiling.record(point)
+    return point
+
+
+def _measure(op: Op, impl: str, shape: Mapping[str, int], dtype: str, point: dict, *, device: str,
+             peaks: Mapping | None, options: harness.TimingOptions, seed: int, l2_bytes: int,
+             collectors: Sequence[Collector], profiling: ChildSession | None) -> None:
+    """Fill `point`: check, then time (or make the calls a profiler records), then count."""
     work = op.work(shape, dtype)
     point.update(bytes=work.bytes, flops=work.flops)
     reason = op.available(impl, device)
     if reason:
         point.update(status="unsupported", error=reason)
-        return point
+        return
     inputs: list[dict] = []
     try:
         per_set = op.input_bytes(shape, dtype)
@@ -104,21 +131,22 @@ def measure_point(
             raise _NoRoom(f"needs {per_set / 2**30:.2f} GiB of inputs, more than the device has free.")
         generator = torch.Generator().manual_seed(seed)
         inputs = [op.make_inputs(shape, dtype, device, generator) for _ in range(sets)]
-        point["max_rel_err"] = check(op, impl, inputs[0], dtype)
+        with nvtx.phase("check"):
+            point["max_rel_err"] = check(op, impl, inputs[0], dtype)
         fns = [op.launch(impl, x).run for x in inputs]
-        for c in collectors:
-            c.start(point)
-        try:
-            if device == "cpu":
-                timing = harness.time_cpu(fns, options)
-            else:
-                timing = harness.time_cuda(fns, options, l2_bytes=l2_bytes, rotating=sets > 1)
-        finally:
-            counters = {}
-            for c in collectors:
-                counters.update(c.stop(point))
-        point.update(timing.record(), input_sets=sets, status="ok", **counters)
+        sync = _sync(device)
+        if profiling:
+            harness.run_for_profiler(fns, profiling.calls, options, sync)
+            point.update(status="ok", input_sets=sets, profile_calls=profiling.calls, timing_method="none (profiled)")
+            return
+        if device == "cpu":
+            timing = harness.time_cpu(fns, options)
+        else:
+            timing = harness.time_cuda(fns, options, l2_bytes=l2_bytes, rotating=sets > 1)
+        point.update(timing.record(), input_sets=sets, status="ok")
         add_work(point, peaks)
+        if collectors:
+            point.update(_count(collectors, fns, sync, point))
     except Unsupported as e:
         point.update(status="unsupported", error=str(e))
     except torch.cuda.OutOfMemoryError:
@@ -133,7 +161,30 @@ def measure_point(
         del inputs
         if device != "cpu" and torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return point
+
+
+def _sync(device: str):
+    return (lambda: None) if device == "cpu" else torch.cuda.synchronize
+
+
+def _count(collectors: Sequence[Collector], fns, sync, point: dict) -> dict:
+    """The collectors' columns over one window of back-to-back calls (see Collector)."""
+    seconds = max(getattr(c, "min_window_s", 0.0) for c in collectors)  # 0: one batch of calls will do
+    call_s = point["time_us"] * 1e-6
+    for c in collectors:
+        c.start(point)
+    calls, elapsed = 0, 0.0
+    try:
+        calls, elapsed = harness.sustain(fns, seconds, sync, call_s)
+    finally:
+        window = {"counters_window_s": elapsed, "counters_window_calls": calls,
+                  # the share of the window the kernel itself ran: below ~90%, launch gaps dilute the averages
+                  "counters_busy_pct": 100.0 * calls * call_s / elapsed if elapsed > 0 else None}
+        point.update(window)
+        counters = {}
+        for c in collectors:
+            counters.update(c.stop(point))
+    return {**window, **counters}
 
 
 class _NoRoom(GpuprofError):

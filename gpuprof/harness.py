@@ -4,6 +4,9 @@ Timing is CUDA events around each repetition (or around a CUDA-graph replay of m
 few microseconds), after warm-up, with L2 made cold between repetitions by a flush or by rotating input sets.
 Repetitions continue until the median is known to a target relative precision or a time budget is spent, as
 nvbench does; the statistics are plain functions so they can be checked without a GPU.
+
+Warm-up and timed launches sit in the NVTX ranges `warmup` and `measure` (gpuprof.nvtx), so a profiler can keep
+the measured launches alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from gpuprof import nvtx
 
 # Width factor of the median's confidence interval (McGill, Tukey & Larsen, 1978: median +- 1.57 IQR / sqrt(n),
 # about 95% for two medians to differ). Used as the convergence criterion of the adaptive loop.
@@ -130,8 +135,10 @@ def time_cpu(fns: Sequence[Callable[[], object]], options: TimingOptions = Timin
             out.append((time.perf_counter() - t0) * 1e6)
         return out
 
-    _warm_up(fns, options, lambda: None)
-    samples, converged = adaptive(run, options)
+    with nvtx.phase("warmup"):
+        _warm_up(fns, options, lambda: None)
+    with nvtx.phase("measure"):
+        samples, converged = adaptive(run, options)
     return Timing(samples, converged, "cpu")
 
 
@@ -167,8 +174,9 @@ def time_cuda(
         gpu = info()
         l2_bytes = gpu.l2_bytes if gpu else 0
     flush = L2Flusher(l2_bytes) if options.cold_l2 and not rotating and l2_bytes else None
-    _warm_up(fns, options, torch.cuda.synchronize)
-    probe_us = _probe_us(fns[0])
+    with nvtx.phase("warmup"):
+        _warm_up(fns, options, torch.cuda.synchronize)
+        probe_us = _probe_us(fns[0])
     use_graph = options.graph if options.graph is not None else probe_us < options.graph_below_us
     if use_graph:
         return _time_graph(fns, options, flush is not None, l2_bytes)
@@ -186,7 +194,8 @@ def time_cuda(
         torch.cuda.synchronize()
         return [start.elapsed_time(end) * 1e3 for start, end in events]
 
-    samples, converged = adaptive(run, options)
+    with nvtx.phase("measure"):
+        samples, converged = adaptive(run, options)
     return Timing(samples, converged, "events+flush" if flush else "events")
 
 
@@ -200,13 +209,6 @@ def _time_graph(fns: Sequence[Callable[[], object]], options: TimingOptions, flu
 
     per_replay = max(len(fns), 20)
     flusher = L2Flusher(l2_bytes) if flush else None
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for fn in fns:  # allocations made by the first calls must happen outside capture
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
 
     def capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
@@ -220,9 +222,6 @@ def _time_graph(fns: Sequence[Callable[[], object]], options: TimingOptions, flu
                 flusher()
             fns[i % len(fns)]()
 
-    graph = capture(work)
-    flush_graph = capture(lambda: [flusher() for _ in range(per_replay)]) if flusher else None
-
     def replay_us(g: torch.cuda.CUDAGraph, n: int) -> list[float]:
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
         for start, end in events:
@@ -232,11 +231,63 @@ def _time_graph(fns: Sequence[Callable[[], object]], options: TimingOptions, flu
         torch.cuda.synchronize()
         return [start.elapsed_time(end) * 1e3 for start, end in events]
 
-    for g in filter(None, (graph, flush_graph)):
-        replay_us(g, 3)
-    flush_us = statistics.median(replay_us(flush_graph, 11)) if flush_graph else 0.0
-    samples, converged = adaptive(lambda n: [(t - flush_us) / per_replay for t in replay_us(graph, n)], options)
+    with nvtx.phase("warmup"):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for fn in fns:  # allocations made by the first calls must happen outside capture
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        graph = capture(work)
+        flush_graph = capture(lambda: [flusher() for _ in range(per_replay)]) if flusher else None
+        for g in filter(None, (graph, flush_graph)):
+            replay_us(g, 3)
+        flush_us = statistics.median(replay_us(flush_graph, 11)) if flush_graph else 0.0
+    with nvtx.phase("measure"):
+        samples, converged = adaptive(lambda n: [(t - flush_us) / per_replay for t in replay_us(graph, n)], options)
     return Timing(samples, converged, "graph+flush" if flusher else "graph", calls_per_sample=per_replay)
+
+
+def run_for_profiler(
+    fns: Sequence[Callable[[], object]], calls: int, options: TimingOptions, sync: Callable[[], None]
+) -> None:
+    """Warm up, then make `calls` calls inside the `measure` range, untimed: the launches a profiler records.
+
+    Nsight Compute replays each launch many times and flushes the caches before each pass itself, so these calls
+    run without an L2 flush, and nothing here is timed: a profiled run's times would measure the profiler.
+    """
+    with nvtx.phase("warmup"):
+        _warm_up(fns, options, sync)
+    launches = _cycle(fns)
+    with nvtx.phase("measure"):
+        for _ in range(calls):
+            next(launches)()
+        sync()
+
+
+def sustain(
+    fns: Sequence[Callable[[], object]], seconds: float, sync: Callable[[], None], call_s: float
+) -> tuple[int, float]:
+    """Make calls back to back, input sets in turn and no L2 flush, for at least `seconds`; (calls, seconds).
+
+    This is the window device counters (NVML) average over: a flush between calls would add its own DRAM
+    traffic to theirs. `call_s`, the time of one call, sets how many calls go between synchronisations (~20 ms).
+    """
+    per_sync = int(min(max(0.02 / max(call_s, 1e-9), 1), 10_000))
+    launches = _cycle(fns)
+    calls = 0
+    with nvtx.phase("counters"):
+        sync()
+        t0 = time.perf_counter()
+        while True:
+            for _ in range(per_sync):
+                next(launches)()
+            calls += per_sync
+            sync()
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return calls, elapsed
 
 
 def _probe_us(fn: Callable[[], object]) -> float:

@@ -28,10 +28,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gpuprof.cli import advise, bench, calibrate, info, peaks, report, sweep
+    """Add every module of this package that defines a click `command`."""
+    import importlib
+    import pkgutil
 
-    for module in (info, peaks, bench, sweep, report, calibrate, advise):
-        main.add_command(module.command)
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(module, "command", None), click.Command):
+            main.add_command(module.command)
 
 
 _register()

@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
+from gpuprof import profile as profile_lib
 from gpuprof.bench import measure_point
 from gpuprof.cli.output import console, print_json, print_table
+from gpuprof.counters import COUNTERS, make_collectors, ncu
 from gpuprof.device import git_commit, info, require_gpu, software_versions
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
@@ -18,7 +20,10 @@ from gpuprof.records import SHAPE_KEYS, Run, command_line, utc_now, write_csv
 
 COLUMNS = (
     ("kernel", "impl", "dtype") + SHAPE_KEYS
-    + ("status", "time_us", "time_us_iqr", "gbps", "pct_copy_bw", "tflops", "intensity", "max_rel_err", "error")
+    + ("status", "time_us", "time_us_iqr", "gbps", "pct_copy_bw", "tflops", "intensity", "max_rel_err")
+    + ("nvml_dram_util_pct", "nvml_sm_util_pct", "nvml_tensor_util_pct", "nvml_power_w", "nvml_energy_j")
+    + (ncu.column_name("dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+       ncu.column_name("sm__throughput.avg.pct_of_peak_sustained_elapsed"), "error")
 )
 
 
@@ -63,12 +68,19 @@ def _shape_options(f):
 @click.option("--max-time", default=2.0, show_default=True, help="Seconds of timed repetitions per point, at most.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu checks correctness only (Triton through TRITON_INTERPRET=1); its times are not GPU times.")
+@click.option("--counters", "counters_text", default="",
+              help="Hardware counters to add to the rows, comma-separated: nvml (device sampling over a window of "
+                   "back-to-back calls after timing), ncu (a second, untimed run under Nsight Compute).")
+@click.option("--ncu-set", default="speed-of-light", show_default=True, help="With --counters ncu: metric sets.")
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
-def command(kernel, impls, dtypes, out, csv_path, max_time, device, as_json, **shape_lists) -> None:
+def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_text, ncu_set, as_json,
+            **shape_lists) -> None:
     """Check every implementation of KERNEL against its reference, then time it, on each shape of the grid."""
     op = get_op(kernel)
+    counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
+    ncu_path = ncu.find_ncu() if "ncu" in counters else None
     chosen = list(op.impls) if impls == "all" else [i.strip() for i in impls.split(",")]
     unknown = [i for i in chosen if i not in op.impls]
     if unknown:
@@ -77,15 +89,32 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, as_json, **s
     grid = shape_grid(kernel, {k: int_list(v, k) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
-    run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks) if out else None
+    run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks, counters) if out else None
     options = TimingOptions(max_time_s=max_time)
+    collectors = make_collectors([n for n in counters if n != "ncu"], notify=lambda m: click.echo(m, err=True))
     points = []
     for shape, dtype, impl in itertools.product(grid, dts, chosen):
         p = measure_point(op, impl, shape, dtype, device=device, peaks=peaks, options=options,
-                          l2_bytes=gpu.l2_bytes if gpu else 0, extra={"device": device})
+                          l2_bytes=gpu.l2_bytes if gpu else 0, collectors=collectors,
+                          extra={"device": device})
         points.append(p)
-        if run:
+        if run and not ncu_path:
             run.append(p)
+    for c in collectors:
+        c.close()
+    if ncu_path:
+        try:
+            profiled = profile_lib.run(
+                profile_lib.Request(command=bench_command(kernel, chosen, dts, shape_lists, max_time),
+                                    out=(out / "ncu") if out else profile_lib.default_out(gpu.name),
+                                    sets=ncu.metric_sets(ncu_set)),
+                ncu_path=ncu_path, compute_capability=float(gpu.compute_capability), gpu=gpu.manifest(),
+                versions=software_versions(), git_commit=git_commit())
+            profile_lib.merge(points, profiled.points)
+            click.echo(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", err=True)
+        finally:  # the timed points are kept even when profiling fails
+            for p in points if run else []:
+                run.append(p)
     if csv_path:
         write_csv(points, csv_path)
     if as_json:
@@ -97,7 +126,28 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, as_json, **s
         console.print(f"ceilings: copy {peaks['copy_gbps']:.0f} GB/s, source {peaks['source']}", style="dim")
 
 
-def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks) -> Run:
+def counter_names(text: str, device: str) -> list[str]:
+    """'nvml,ncu' -> ['nvml', 'ncu']; a clear error for unknown names or counters on the CPU."""
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [n for n in names if n not in COUNTERS]
+    if unknown:
+        raise GpuprofError(f"unknown counters {', '.join(unknown)}; valid: {', '.join(COUNTERS)}.")
+    if names and device == "cpu":
+        raise GpuprofError("--counters reads GPU hardware counters; it needs --device cuda.")
+    return names
+
+
+def bench_command(kernel: str, impls: list[str], dtypes: list[str], shape_lists: dict, max_time: float) -> list[str]:
+    """The `gpuprof bench` command line of the same grid, without counters or outputs (what ncu runs)."""
+    argv = ["gpuprof", "bench", kernel, "--impl", ",".join(impls), "--dtype", ",".join(dtypes),
+            "--device", "cuda", "--max-time", str(max_time)]
+    for key, values in shape_lists.items():
+        if values is not None:
+            argv += [f"--{key.replace('_', '-')}", values]
+    return argv
+
+
+def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks, counters) -> Run:
     manifest = {
         "gpu": gpu.manifest() if gpu else None,
         "versions": software_versions(),
@@ -105,6 +155,6 @@ def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks) -> Run:
         "command": command_line(),
         "started_at": utc_now(),
         "peaks": peaks,
-        "grid": {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid},
+        "grid": {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid, "counters": counters},
     }
     return Run.create(out, manifest)
