@@ -95,7 +95,7 @@ def test_rotation_sets(input_bytes, l2, sets):
 ])
 def test_builtin_ops_pass_their_checks(kernel, shape, dtype, device):
     op = get_op(kernel)
-    inputs = op.make_inputs(shape, dtype, device, torch.Generator().manual_seed(1))
+    inputs = op.make_inputs(shape, dtype, device, torch.Generator(device=device).manual_seed(1))
     assert check(op, op.impls[0], inputs, dtype) <= op.tolerance(dtype)
 
 

@@ -65,6 +65,7 @@ class Op:
         raise NotImplementedError
 
     def make_inputs(self, shape: Mapping[str, int], dtype: str, device: str, generator: torch.Generator) -> dict:
+        """Fresh random inputs on `device`, drawn there with `generator` (a generator of that device)."""
         raise NotImplementedError
 
     def launch(self, impl: str, inputs: dict) -> Launch:

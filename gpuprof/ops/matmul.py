@@ -27,8 +27,8 @@ class Matmul(Op):
 
     def make_inputs(self, shape, dtype, device, generator) -> dict:
         t = torch_dtype(dtype)
-        a = torch.randn(shape["m"], shape["k"], generator=generator).to(device=device, dtype=t)
-        b = torch.randn(shape["k"], shape["n"], generator=generator).to(device=device, dtype=t)
+        a = torch.randn(shape["m"], shape["k"], generator=generator, device=device, dtype=t)
+        b = torch.randn(shape["k"], shape["n"], generator=generator, device=device, dtype=t)
         return {"a": a, "b": b, "c": torch.empty(shape["m"], shape["n"], dtype=t, device=device)}
 
     def launch(self, impl: str, inputs: dict) -> Launch:

@@ -24,7 +24,7 @@ class Copy(Op):
         return self.work(shape, dtype).bytes
 
     def make_inputs(self, shape, dtype, device, generator) -> dict:
-        src = torch.randn(shape["n"], generator=generator, device="cpu").to(device=device, dtype=torch_dtype(dtype))
+        src = torch.randn(shape["n"], generator=generator, device=device, dtype=torch_dtype(dtype))
         return {"src": src, "dst": torch.empty_like(src)}
 
     def launch(self, impl: str, inputs: dict) -> Launch:
@@ -54,7 +54,7 @@ class Read(Op):
         return self.work(shape, dtype).bytes
 
     def make_inputs(self, shape, dtype, device, generator) -> dict:
-        x = torch.randn(shape["n"], generator=generator, device="cpu").to(device=device, dtype=torch_dtype(dtype))
+        x = torch.randn(shape["n"], generator=generator, device=device, dtype=torch_dtype(dtype))
         return {"x": x}
 
     def available(self, impl: str, device: str) -> str | None:
