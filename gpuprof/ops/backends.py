@@ -1,0 +1,29 @@
+"""The CUDA C++ implementations (`impl="cuda"`), imported only when asked for: they need cupy and a GPU."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from gpuprof.errors import GpuprofError
+
+
+def cuda_module(op: str) -> ModuleType:
+    """gpuprof.cuda.<op>; a GpuprofError saying why where it cannot be imported."""
+    try:
+        return importlib.import_module(f"gpuprof.cuda.{op}")
+    except ImportError as e:
+        raise GpuprofError(f"impl 'cuda' needs gpuprof.cuda.{op}, which cannot be imported here ({e}).") from e
+
+
+def cuda_unavailable(op: str, device: str) -> str | None:
+    """None where impl 'cuda' of `op` can run on `device`, else why not."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return "impl 'cuda' needs an NVIDIA GPU, and none is in use here."
+    try:
+        cuda_module(op)
+    except GpuprofError as e:
+        return str(e)
+    return None
