@@ -18,11 +18,12 @@ import triton
 from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.kernels.common import interpreting
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
+from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
+                                require_same_device, require_same_dtype, require_tensors)
 from gpuprof.ops.inputs import device_generator
 from gpuprof.ops.tuning import choose, sm_count
 
 IMPLS = ("triton", "cuda")
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 # Split-KV plan: aim for this many programs per SM (two resident per SM hide each other's memory latency) ...
@@ -53,22 +54,6 @@ class AttentionShape:
         return self.page_size > 0
 
 
-def _describe(t: torch.Tensor) -> str:
-    return f"{t.dtype} of shape {tuple(t.shape)}"
-
-
-def _require_tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise GpuprofError(f"{name} must be a torch.Tensor, not {type(t).__name__}.")
-    return t
-
-
-def _require_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
-    if t.shape[-1] > 1 and t.stride(-1) != 1:
-        raise GpuprofError(f"{name}'s last dimension must be contiguous (stride 1, not {t.stride(-1)}); "
-                           f"pass {name}.contiguous().")
-
-
 def check_attention_inputs(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -87,36 +72,25 @@ def check_attention_inputs(
     table pages in use are read back to the host and checked to lie within the cache (a device synchronisation:
     pass False in timed loops; it is skipped by itself while a CUDA graph is being captured).
     """
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens)):
-        _require_tensor(name, t)
+    require_tensors([("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens)])
+    require_tensors([(n, t) for n, t in (("block_table", block_table), ("out", out)) if t is not None])
     if q.dim() != 3 or min(q.shape) < 1:
         raise GpuprofError(f"q must have shape [batch, q_heads, head_dim] with every size at least 1; "
                            f"it has shape {tuple(q.shape)}.")
-    if q.dtype not in HALF_DTYPES:
-        raise GpuprofError(f"q must be torch.float16 or torch.bfloat16, not {q.dtype}.")
+    require_half("q", q)
     batch, q_heads, head_dim = q.shape
-    named = [("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens)]
-    if block_table is not None:
-        named.append(("block_table", _require_tensor("block_table", block_table)))
-    if out is not None:
-        named.append(("out", _require_tensor("out", out)))
-    for name, t in named:
-        if t.device != q.device:
-            raise GpuprofError(f"{name} is on {t.device} but q is on {q.device}; all inputs must be on one device.")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise GpuprofError(f"{name} must have q's dtype {q.dtype}, not {t.dtype}.")
+    require_same_device("q", q, [("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens),
+                                 ("block_table", block_table), ("out", out)])
+    require_same_dtype("q", q, [("k_cache", k_cache), ("v_cache", v_cache)])
 
+    if k_cache.dim() != 4 or min(k_cache.shape) < 1:
+        layout = "[num_pages, page_size, kv_heads, head_dim]" if block_table is not None else \
+            "[batch, kv_heads, max_len, head_dim]"
+        raise GpuprofError(f"{'with' if block_table is not None else 'without'} a block_table, k_cache must have "
+                           f"shape {layout}; it has {tuple(k_cache.shape)}.")
     if block_table is not None:
-        layout = "[num_pages, page_size, kv_heads, head_dim]"
-        if k_cache.dim() != 4 or min(k_cache.shape) < 1:
-            raise GpuprofError(f"with a block_table, k_cache must have shape {layout}; it has {tuple(k_cache.shape)}.")
         num_pages, page_size, kv_heads, cache_dim = k_cache.shape
     else:
-        layout = "[batch, kv_heads, max_len, head_dim]"
-        if k_cache.dim() != 4 or min(k_cache.shape) < 1:
-            raise GpuprofError(f"without a block_table, k_cache must have shape {layout}; "
-                               f"it has {tuple(k_cache.shape)}.")
         cache_batch, kv_heads, max_len, cache_dim = k_cache.shape
         if cache_batch != batch:
             raise GpuprofError(f"k_cache holds {cache_batch} sequences but q has {batch}.")
@@ -127,20 +101,18 @@ def check_attention_inputs(
     if q_heads % kv_heads:
         raise GpuprofError(f"q's {q_heads} heads are not a multiple of the cache's {kv_heads} KV heads.")
     if seq_lens.dtype != torch.int32 or tuple(seq_lens.shape) != (batch,):
-        raise GpuprofError(f"seq_lens must be torch.int32 of shape ({batch},); it is {_describe(seq_lens)}.")
+        raise GpuprofError(f"seq_lens must be torch.int32 of shape ({batch},); it is {describe(seq_lens)}.")
     if block_table is not None:
         if block_table.dtype != torch.int32 or block_table.dim() != 2 or block_table.shape[0] != batch \
                 or block_table.shape[1] < 1:
             raise GpuprofError(f"block_table must be torch.int32 of shape ({batch}, max_pages); "
-                               f"it is {_describe(block_table)}.")
+                               f"it is {describe(block_table)}.")
         capacity = block_table.shape[1] * page_size
     else:
         num_pages, page_size, capacity = 0, 0, max_len
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype):
-        raise GpuprofError(f"out must be {q.dtype} of q's shape {tuple(q.shape)}; it is {_describe(out)}.")
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
-        if t is not None:
-            _require_last_dim_contiguous(name, t)
+        raise GpuprofError(f"out must be {q.dtype} of q's shape {tuple(q.shape)}; it is {describe(out)}.")
+    require_last_dim_contiguous([("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)])
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise GpuprofError(f"scale must be a finite number, not {scale!r}.")
     if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS):
