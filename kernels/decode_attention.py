@@ -42,6 +42,11 @@ class AttentionConfig:
     num_stages: int = 3
 
 
+def padded_head_dim(head_dim: int) -> int:
+    """The head_dim the tiles hold: a power of two, at least tl.dot's 16."""
+    return max(MIN_DOT_ROWS, triton.next_power_of_2(head_dim))
+
+
 def group_tile(group: int) -> int:
     """Query-head rows one program holds: 1 for MHA (no tensor cores), else the group padded for tl.dot."""
     if group == 1:
@@ -60,7 +65,7 @@ def _attend_split_kernel(
     stride_table_b,
     stride_o_b, stride_o_h,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, GROUP_TILES: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, WRITE_PARTIAL: tl.constexpr, FP32_OPERANDS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, WRITE_PARTIAL: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1) // GROUP_TILES
@@ -76,14 +81,16 @@ def _attend_split_kernel(
     g = tile * BLOCK_G + tl.arange(0, BLOCK_G)
     g_mask = g < GROUP
     heads = kv_head * GROUP + g
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + seq * stride_q_b + heads[:, None] * stride_q_h + d[None, :], mask=g_mask[:, None], other=0.0)
+    d = tl.arange(0, BLOCK_D)  # head_dim padded to a power of two; the padding is masked off
+    d_mask = d < HEAD_DIM
+    q = tl.load(q_ptr + seq * stride_q_b + heads[:, None] * stride_q_h + d[None, :],
+                mask=g_mask[:, None] & d_mask[None, :], other=0.0)
     if BLOCK_G == 1:
         q = q.to(tl.float32)
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     k_head = k_ptr + kv_head * stride_k_h
     v_head = v_ptr + kv_head * stride_v_h
     for block_start in range(start, end, BLOCK_N):
@@ -97,7 +104,8 @@ def _attend_split_kernel(
         else:
             k_rows = seq * stride_k_0 + t.to(tl.int64) * stride_k_1
             v_rows = seq * stride_v_0 + t.to(tl.int64) * stride_v_1
-        k = tl.load(k_head + k_rows[:, None] + d[None, :], mask=t_mask[:, None], other=0.0)
+        kv_mask = t_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_head + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
         if BLOCK_G == 1:  # MHA: a broadcast multiply-sum; a padded tl.dot would waste 15 of 16 rows of registers
             s = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
         else:
@@ -107,7 +115,7 @@ def _attend_split_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_head + v_rows[:, None] + d[None, :], mask=t_mask[:, None], other=0.0)
+        v = tl.load(v_head + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None]
         if BLOCK_G == 1:
             acc += tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
@@ -120,24 +128,25 @@ def _attend_split_kernel(
     o = acc / tl.where(has_any, l_i, 1.0)[:, None]
     if WRITE_PARTIAL:
         row = (seq * num_q_heads + heads) * num_splits + split
-        tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=g_mask[:, None])
+        tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=g_mask[:, None] & d_mask[None, :])
         lse = tl.where(has_any, m_i + tl.log2(tl.where(has_any, l_i, 1.0)), float("-inf"))
         tl.store(part_lse_ptr + row, lse, mask=g_mask)
     else:
         o_ptrs = out_ptr + seq * stride_o_b + heads[:, None] * stride_o_h + d[None, :]
-        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit
 def _merge_splits_kernel(
     part_out_ptr, part_lse_ptr, out_ptr, num_q_heads, num_splits, stride_o_b, stride_o_h,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     row0 = (seq * num_q_heads + head) * num_splits
     s_offs = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
 
     # The first split of a sequence is never empty, so the maximum is finite.
     lse_max = tl.max(tl.load(part_lse_ptr + row0 + s_offs, mask=s_offs < num_splits, other=float("-inf")), axis=0)
@@ -145,18 +154,18 @@ def _merge_splits_kernel(
         lse = tl.load(part_lse_ptr + row0 + s0 + s_offs, mask=s0 + s_offs < num_splits, other=float("-inf"))
         lse_max = tl.maximum(lse_max, tl.max(lse, axis=0))
 
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     weight_sum = tl.zeros([BLOCK_S], dtype=tl.float32)
     for s0 in range(0, num_splits, BLOCK_S):
         s_mask = s0 + s_offs < num_splits
         lse = tl.load(part_lse_ptr + row0 + s0 + s_offs, mask=s_mask, other=float("-inf"))
         weight = tl.exp2(lse - lse_max)
         part = tl.load(part_out_ptr + (row0 + s0 + s_offs)[:, None] * HEAD_DIM + d[None, :],
-                       mask=s_mask[:, None], other=0.0)
+                       mask=s_mask[:, None] & d_mask[None, :], other=0.0)
         acc += tl.sum(weight[:, None] * part, axis=0)
         weight_sum += weight
     o = acc / tl.sum(weight_sum, axis=0)
-    tl.store(out_ptr + seq * stride_o_b + head * stride_o_h + d, o.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + seq * stride_o_b + head * stride_o_h + d, o.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
 def decode_attention_fwd(
@@ -200,7 +209,7 @@ def decode_attention_fwd(
         q, k_cache, v_cache, seq_lens, table, out, part_out, part_lse,
         scale * math.log2(math.e), num_q_heads, num_splits,
         q.stride(0), q.stride(1), *k_strides, *v_strides, stride_table, out.stride(0), out.stride(1),
-        GROUP=group, BLOCK_G=block_g, GROUP_TILES=group_tiles, HEAD_DIM=head_dim, BLOCK_N=config.block_n,
+        GROUP=group, BLOCK_G=block_g, GROUP_TILES=group_tiles, HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), BLOCK_N=config.block_n,
         PAGE_SIZE=page_size, WRITE_PARTIAL=partial, FP32_OPERANDS=interpreting(),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -208,6 +217,7 @@ def decode_attention_fwd(
         block_s = min(triton.next_power_of_2(num_splits), 32)
         _merge_splits_kernel[(batch, num_q_heads)](
             part_out, part_lse, out, num_q_heads, num_splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_S=block_s, num_warps=4 if head_dim <= 128 else 8,
+            HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), BLOCK_S=block_s,
+            num_warps=4 if head_dim <= 128 else 8,
         )
     return out

@@ -152,6 +152,10 @@ BAD_INPUTS = [
     ("table rows", lambda c: c.update(block_table=c["block_table"][:1]), "block_table must be torch.int32"),
     ("q strided", lambda c: c.update(q=c["q"].transpose(1, 2).contiguous().transpose(1, 2)),
      "q's last dimension must be contiguous (stride 1, not 8); pass q.contiguous()."),
+    ("table strided", lambda c: c.update(block_table=c["block_table"].T.contiguous().T),
+     "block_table's last dimension must be contiguous (stride 1, not 2)"),
+    ("lens strided", lambda c: c.update(seq_lens=c["seq_lens"].repeat_interleave(2)[::2]),
+     "seq_lens's last dimension must be contiguous (stride 1, not 2)"),
     ("length 0", lambda c: c["seq_lens"].__setitem__(1, 0),
      "seq_lens must lie between 1 and the cache capacity 48; sequence 1 has 0."),
     ("too long", lambda c: c["seq_lens"].__setitem__(0, 49),
@@ -203,9 +207,16 @@ def test_value_checks_can_be_skipped():
     check_attention_inputs(**case, check_values=False)
 
 
-def test_unsupported_head_dim_for_triton():
-    case = make_case(1, 2, 2, 96, 16, torch.bfloat16)
-    with pytest.raises(Unsupported, match="head_dim 16, 32, 64, 128, 256, not 96"):
+@pytest.mark.parametrize("head_dim, hq, hkv, page_size", [(80, 8, 2, 16), (96, 4, 4, 0), (8, 8, 1, 16)])
+def test_head_dims_that_are_no_power_of_two(device, head_dim, hq, hkv, page_size):
+    """Phi-2's 80, 96, and a tiny 8: padded to a power of two inside the kernel, the padding masked off."""
+    case = make_case(2, hq, hkv, head_dim, page_size, torch.bfloat16, device=device, seed=head_dim)
+    run_and_check(case, num_splits=2)
+
+
+def test_head_dim_beyond_256_is_unsupported_for_triton():
+    case = make_case(1, 2, 2, 512, 16, torch.bfloat16)
+    with pytest.raises(Unsupported, match="head_dim up to 256, not 512"):
         decode_attention(**case)
 
 
@@ -291,7 +302,7 @@ def test_gpu_every_candidate_config_matches_reference(batch, max_len, page_size)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim, hq, hkv", [(64, 32, 32), (128, 32, 8), (128, 32, 4), (256, 16, 1)])
+@pytest.mark.parametrize("head_dim, hq, hkv", [(64, 32, 32), (80, 32, 32), (128, 32, 8), (128, 32, 4), (256, 16, 1)])
 def test_gpu_real_shapes_match_reference(head_dim, hq, hkv):
     case = make_case(16, hq, hkv, head_dim, 16, torch.bfloat16, max_len=4000, device="cuda", seed=1)
     run_and_check(case)

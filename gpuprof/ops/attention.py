@@ -16,7 +16,7 @@ import torch
 import triton
 
 from gpuprof.errors import GpuprofError, Unsupported
-from gpuprof.kernels.common import interpreting
+from gpuprof.ops.backends import cuda_module, unavailable
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
 from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
                                 require_same_device, require_same_dtype, require_tensors)
@@ -24,7 +24,7 @@ from gpuprof.ops.inputs import device_generator
 from gpuprof.ops.tuning import choose, sm_count
 
 IMPLS = ("triton", "cuda")
-TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
+MAX_TRITON_HEAD_DIM = 256
 
 # Split-KV plan: aim for this many programs per SM (two resident per SM hide each other's memory latency) ...
 PROGRAMS_PER_SM = 2
@@ -112,7 +112,8 @@ def check_attention_inputs(
         num_pages, page_size, capacity = 0, 0, max_len
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype):
         raise GpuprofError(f"out must be {q.dtype} of q's shape {tuple(q.shape)}; it is {describe(out)}.")
-    require_last_dim_contiguous([("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)])
+    require_last_dim_contiguous([("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out),
+                                 ("seq_lens", seq_lens), ("block_table", block_table)])
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise GpuprofError(f"scale must be a finite number, not {scale!r}.")
     if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS):
@@ -158,15 +159,15 @@ def plan_splits(batch: int, hkv: int, max_len: int, sm_count: int) -> int:
 
 def _candidates(shape: AttentionShape, num_splits: int | None, sms: int) -> list:
     """Launch configurations to try, the planned default first."""
-    from gpuprof.kernels.decode_attention import AttentionConfig, group_tile
+    from gpuprof.kernels.decode_attention import AttentionConfig, group_tile, padded_head_dim
 
     splits = num_splits or plan_splits(shape.batch, shape.kv_heads, shape.capacity, sms)
-    rows = group_tile(shape.group)
+    rows, dim = group_tile(shape.group), padded_head_dim(shape.head_dim)
     if rows == 1:  # the MHA path multiplies a [block_n, head_dim] tile in registers: at most 8K elements
-        block_ns = [bn for bn in (64, 128, 32, 16) if bn * shape.head_dim <= 8192][:3]
+        block_ns = [bn for bn in (64, 128, 32, 16) if bn * dim <= 8192][:3]
     else:
-        block_ns = [32, 64, 16] if shape.head_dim == 256 else [64, 32, 128]
-    warps = 8 if rows * shape.head_dim > 4096 else 4  # the [rows, head_dim] float32 accumulator spread thinner
+        block_ns = [32, 64, 16] if dim == 256 else [64, 32, 128]
+    warps = 8 if rows * dim > 4096 else 4  # the [rows, head_dim] float32 accumulator spread thinner
     default = AttentionConfig(num_splits=splits, block_n=block_ns[0], num_warps=warps, num_stages=3)
     configs = [default]
     if num_splits is None:  # the plan is a heuristic: also try half and twice as many splits
@@ -207,15 +208,13 @@ def decode_attention(
                                    num_splits=num_splits, check_values=check_values)
     scale = 1.0 / math.sqrt(shape.head_dim) if scale is None else float(scale)
     if impl == "cuda":
-        from gpuprof.ops.backends import cuda_module
-
         return cuda_module("attention").decode_attention(q, k_cache, v_cache, seq_lens, block_table, scale=scale,
                                                          num_splits=num_splits, out=out)
     if impl != "triton":
         raise GpuprofError(f"decode_attention has no implementation {impl!r}; valid: {', '.join(IMPLS)}.")
-    if shape.head_dim not in TRITON_HEAD_DIMS:
-        raise Unsupported(f"the Triton decode attention takes head_dim "
-                          f"{', '.join(map(str, TRITON_HEAD_DIMS))}, not {shape.head_dim}.")
+    if shape.head_dim > MAX_TRITON_HEAD_DIM:
+        raise Unsupported(f"the Triton decode attention takes head_dim up to {MAX_TRITON_HEAD_DIM}, "
+                          f"not {shape.head_dim}.")
     from gpuprof.kernels.decode_attention import decode_attention_fwd
 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
@@ -336,13 +335,7 @@ class Attention(Op):
         return inputs
 
     def available(self, impl: str, device: str) -> str | None:
-        if impl == "triton" and device == "cpu" and not interpreting():
-            return "Triton runs on the CPU only through its interpreter: set TRITON_INTERPRET=1."
-        if impl == "cuda":
-            from gpuprof.ops.backends import cuda_unavailable
-
-            return cuda_unavailable("attention", device)
-        return None
+        return unavailable("attention", impl, device)
 
     def launch(self, impl: str, inputs: dict) -> Launch:
         if impl in SDPA_BACKENDS:

@@ -1,4 +1,5 @@
-"""The CUDA C++ implementations (`impl="cuda"`), imported only when asked for: they need cupy and a GPU."""
+"""Where our implementations can run: Triton needs a GPU or its interpreter; the CUDA C++ implementations
+(`impl="cuda"`, imported only when asked for) need gpuprof.cuda, cupy and a GPU."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ def cuda_module(op: str) -> ModuleType:
         raise GpuprofError(f"impl 'cuda' needs gpuprof.cuda.{op}, which cannot be imported here ({e}).") from e
 
 
-def cuda_unavailable(op: str, device: str) -> str | None:
-    """None where impl 'cuda' of `op` can run on `device`, else why not."""
+def unavailable(op: str, impl: str, device: str) -> str | None:
+    """None where `impl` of `op` can run on `device`, else why not (torch baselines are always tried)."""
+    from gpuprof.kernels.common import interpreting  # not at import: Triton reads TRITON_INTERPRET as kernels load
+
+    if impl == "triton" and device == "cpu" and not interpreting():
+        return "Triton runs on the CPU only through its interpreter: set TRITON_INTERPRET=1."
+    if impl != "cuda":
+        return None
     if device != "cuda" or not torch.cuda.is_available():
         return "impl 'cuda' needs an NVIDIA GPU, and none is in use here."
     try:

@@ -15,7 +15,7 @@ import torch
 import triton
 
 from gpuprof.errors import GpuprofError, Unsupported
-from gpuprof.kernels.common import interpreting
+from gpuprof.ops.backends import cuda_module, unavailable
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
 from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
                                 require_same_device, require_same_dtype, require_tensors)
@@ -115,8 +115,6 @@ def gemv(
     if m > MAX_M:
         raise Unsupported(f"gemv/{impl} takes M from 1 to {MAX_M}, not {m}; a larger M is a GEMM (use F.linear).")
     if impl == "cuda":
-        from gpuprof.ops.backends import cuda_module
-
         return cuda_module("gemv").gemv(x, w, bias, out=out)
     from gpuprof.kernels.gemv import gemv_fwd
 
@@ -176,13 +174,7 @@ class Gemv(Op):
                 "out": torch.empty((m, n), dtype=t, device=device)}
 
     def available(self, impl: str, device: str) -> str | None:
-        if impl == "triton" and device == "cpu" and not interpreting():
-            return "Triton runs on the CPU only through its interpreter: set TRITON_INTERPRET=1."
-        if impl == "cuda":
-            from gpuprof.ops.backends import cuda_unavailable
-
-            return cuda_unavailable("gemv", device)
-        return None
+        return unavailable("gemv", impl, device)
 
     def launch(self, impl: str, inputs: dict) -> Launch:
         x, w, out = inputs["x"], inputs["w"], inputs["out"]

@@ -6,8 +6,8 @@ configuration on the caller's own tensors and keeps the fastest, in memory and i
 next, find it there, so a choice is made once and then stays fixed. Ties go to the earlier candidate, and the
 planned default is always the first candidate.
 
-Nothing is timed where timing means nothing or cannot be done: on the CPU and under Triton's interpreter, while a
-CUDA graph is being captured, or with GPUPROF_TUNE=0. There the planned default is used.
+Nothing is timed on the CPU, under Triton's interpreter or with GPUPROF_TUNE=0 (the planned default is used), nor
+while a CUDA graph is being captured (a choice already made is used, else the default).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-
-from gpuprof.kernels.common import interpreting
 
 Config = TypeVar("Config")
 
@@ -40,10 +38,10 @@ def sm_count(device: torch.device | str) -> int:
 
 
 def tuning_enabled(device: torch.device | str) -> bool:
+    from gpuprof.kernels.common import interpreting  # not at import: Triton reads TRITON_INTERPRET as kernels load
+
     device = torch.device(device)
-    if device.type != "cuda" or interpreting() or os.environ.get("GPUPROF_TUNE", "1") == "0":
-        return False
-    return not torch.cuda.is_current_stream_capturing()
+    return device.type == "cuda" and not interpreting() and os.environ.get("GPUPROF_TUNE", "1") != "0"
 
 
 def _versions() -> dict:
@@ -135,8 +133,9 @@ def choose(
     timer: Callable[[Callable[[], object]], float] = time_gpu_us,
     enabled: bool | None = None,
 ) -> Config:
-    """The configuration to launch with: candidates[0] (the planned default) unless tuning is enabled, else the
-    cached choice for `key`, else the fastest candidate, timed now and cached. Configs are dataclasses."""
+    """The configuration to launch with: candidates[0] (the planned default) where tuning is off; else the cached
+    choice for `key`; else the fastest candidate, timed now and cached (the default while a CUDA graph is being
+    captured, where nothing can be timed). Configs are dataclasses."""
     default = candidates[0]
     if not (tuning_enabled(device) if enabled is None else enabled) or len(candidates) == 1:
         return default
@@ -148,6 +147,8 @@ def choose(
             return kind(**known)
         except TypeError:
             pass  # written by an older layout of the config: tune again
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return default  # nothing can be timed inside a CUDA graph capture
     best, best_us = fastest(candidates, run, timer)
     cache.put(key, dataclasses.asdict(best), best_us, len(candidates))
     return best
