@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from gpuprof.errors import GpuprofError
+from gpuprof.ops.attention import Attention
 from gpuprof.ops.base import Launch, Op, Work
+from gpuprof.ops.gemv import Gemv
 from gpuprof.ops.matmul import Matmul
 from gpuprof.ops.memory import Copy, Read
 
-OPS: dict[str, Op] = {op.kernel: op for op in (Copy(), Read(), Matmul())}
+OPS: dict[str, Op] = {op.kernel: op for op in (Copy(), Read(), Matmul(), Attention(), Gemv())}
 
 
 def get_op(kernel: str) -> Op:
