@@ -20,7 +20,6 @@ from gpuprof.ops.backends import cuda_module, unavailable
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
 from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
                                 require_same_device, require_same_dtype, require_tensors)
-from gpuprof.ops.inputs import device_generator
 from gpuprof.ops.tuning import choose, sm_count
 
 IMPLS = ("triton", "cuda")
@@ -319,7 +318,7 @@ class Attention(Op):
     def make_inputs(self, shape, dtype, device, generator) -> dict:
         t = torch_dtype(dtype)
         b, hq, hkv, d, p = (shape[k] for k in ("batch", "hq", "hkv", "head_dim", "page_size"))
-        gen = device_generator(device, generator)
+        gen = generator  # a generator of `device` (bench.measure_point makes one there)
         inputs = {"q": torch.randn((b, hq, d), dtype=t, device=device, generator=gen),
                   "seq_lens": torch.full((b,), shape["ctx"], dtype=torch.int32, device=device),
                   "out": torch.empty((b, hq, d), dtype=t, device=device), "block_table": None}

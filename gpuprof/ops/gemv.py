@@ -19,7 +19,6 @@ from gpuprof.ops.backends import cuda_module, unavailable
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
 from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
                                 require_same_device, require_same_dtype, require_tensors)
-from gpuprof.ops.inputs import device_generator
 from gpuprof.ops.tuning import choose, sm_count
 
 IMPLS = ("triton", "cuda")
@@ -167,7 +166,7 @@ class Gemv(Op):
 
     def make_inputs(self, shape, dtype, device, generator) -> dict:
         t = torch_dtype(dtype)
-        gen = device_generator(device, generator)
+        gen = generator  # a generator of `device` (bench.measure_point makes one there)
         m, n, k = shape["m"], shape["n"], shape["k"]
         return {"x": torch.randn((m, k), dtype=t, device=device, generator=gen),
                 "w": torch.randn((n, k), dtype=t, device=device, generator=gen),
