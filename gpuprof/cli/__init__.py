@@ -28,9 +28,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gpuprof.cli import bench, info, peaks
+    from gpuprof.cli import bench, decode, info, peaks
 
-    for module in (info, peaks, bench):
+    for module in (info, peaks, bench, decode):
         main.add_command(module.command)
 
 
