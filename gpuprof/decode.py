@@ -214,6 +214,7 @@ def paged_attention_torch(
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
     past_end = torch.arange(k.shape[1], device=q.device)[None, :] >= seq_lens[:, None]
     scores = scores.masked_fill(past_end[:, None, None, :], float("-inf"))
+    v = v.masked_fill(past_end[:, :, None, None], 0.0)  # slots past the end may hold anything, NaN included
     out = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v)
     return out.reshape(batch, hq, d).to(q.dtype)
 

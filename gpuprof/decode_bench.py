@@ -90,6 +90,7 @@ def measure_batch(
     point = new_point(
         kernel="decode_step", impl=decoder.backend.name, model=s.name, dtype=dtype, batch=batch, ctx=settings.ctx,
         hq=s.heads, hkv=s.kv_heads, head_dim=s.head_dim, page_size=settings.page_size,
+        tokens_per_s=None, step_ms=None, memory_bytes=None, joules_per_token=None,
     )
     work = step_work(s, batch, settings.ctx, dtype)
     max_len = settings.ctx + settings.steps

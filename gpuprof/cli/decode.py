@@ -97,7 +97,8 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
             "counters": counters, "device": device, "graph": not no_graph and device == "cuda", "seed": seed}
     run = open_run(out, resume, grid, gpu, peaks) if out else None
     skip = {p["batch"] for p in run.points()} if run and resume else set()
-    console.print(f"building {shape.name} with random {dtype} weights on {device} ...", style="dim")
+    if not as_json:
+        console.print(f"building {shape.name} with random {dtype} weights on {device} ...", style="dim")
     decoder = build_decoder(shape, dtype, device, backend, seed)
 
     def on_point(point: dict) -> None:
