@@ -28,9 +28,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gpuprof.cli import bench, decode, info, peaks
+    from gpuprof.cli import bench, decode, info, peaks, replicate
 
-    for module in (info, peaks, bench, decode):
+    for module in (info, peaks, bench, decode, replicate):
         main.add_command(module.command)
 
 
