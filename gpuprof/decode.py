@@ -446,6 +446,7 @@ class StepGraph:
     """One decode step captured as a CUDA graph on static buffers; replay() reruns it and returns the logits."""
 
     def __init__(self, decoder: Decoder, tokens: torch.Tensor, cache: PagedKVCache, warmup: int = 2) -> None:
+        decoder.prepare(tokens.shape[0])  # linear choices are measured eagerly, never under capture
         # Warm-up runs compile kernels and make the first allocations outside capture, on a side stream as
         # torch.cuda.graphs asks.
         stream = torch.cuda.Stream()

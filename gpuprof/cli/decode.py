@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
         "grid": grid,
     }
     return Run.create(out, manifest)
+
+
+def use_triton_interpreter() -> None:
+    """On the CPU, Triton kernels run through Triton's interpreter; it must be chosen before they are imported."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def linear_list(text: str) -> list[str]:
@@ -82,6 +88,8 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
     """Decode with MODEL (random weights) at each batch size: tokens/s, step latency, memory, energy per token."""
     if device == "cuda":
         require_gpu("gpuprof decode")
+    else:
+        use_triton_interpreter()
     shape = get_model(model_name)
     batch_list = int_list(batches, "batch")
     backend = make_backend(impl, attention_impl, linear_list(linear_impls))
