@@ -54,10 +54,6 @@ def linear_list(text: str) -> list[str]:
     return impls
 
 
-def display_rows(points: list[dict]) -> list[dict]:
-    return [{**p, "memory_gib": p["memory_bytes"] / 2**30 if p.get("memory_bytes") else None} for p in points]
-
-
 @click.command("decode")
 @click.option("--model", "model_name", required=True, help="A preset (e.g. llama-2-7b) or a Hugging Face config.json.")
 @click.option("--batch", "batches", default="1,8,16,32,64,128,256,512", show_default=True,
@@ -117,13 +113,20 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
 
     points = run_decode(decoder, batch_list, settings, collectors=collectors, peaks=peaks, on_point=on_point,
                         skip=skip)
+    show(points, COLUMNS, f"decode {shape.name}, ctx {ctx}, {dtype}, {impl}", gpu, run, csv_path, as_json)
+
+
+def show(points: list[dict], columns, title: str, gpu, run: Run | None, csv_path: Path | None, as_json: bool) -> None:
+    """The points as CSV (if asked), then as JSON or as a table; memory columns in GiB for people."""
     if csv_path:
         write_csv(points, csv_path)
     if as_json:
         print_json(points)
         return
     where = gpu.name if gpu else "the CPU (a check; times are not GPU times)"
-    print_table(display_rows(points), COLUMNS, title=f"decode {shape.name}, ctx {ctx}, {dtype}, {impl}, on {where}")
+    gib = {f"{k[:-6]}_gib": k for k in ("memory_bytes", "device_used_bytes")}
+    rows = [{**p, **{g: p[k] / 2**30 if p.get(k) else None for g, k in gib.items()}} for p in points]
+    print_table(rows, columns, title=f"{title}, on {where}")
     if run:
         console.print(f"written to {run.path}")
 

@@ -8,24 +8,17 @@ import click
 
 from gpuprof import peaks as peaks_lib
 from gpuprof.cli.bench import int_list
-from gpuprof.cli.decode import linear_list, open_run
-from gpuprof.cli.output import console, print_json, print_table
+from gpuprof.cli.decode import linear_list, open_run, show
+from gpuprof.cli.output import console
 from gpuprof.decode_bench import make_collectors
 from gpuprof.device import require_gpu
 from gpuprof.errors import GpuprofError
 from gpuprof.models import get_model
 from gpuprof.ops.base import DTYPES
-from gpuprof.records import write_csv
 from gpuprof.replicate import MODES, ReplicaSpec, probe_gpu, replicate
 
 COLUMNS = ("mode", "replicas", "batch", "total_batch", "status", "tokens_per_s", "vs_single", "step_ms",
            "memory_gib", "device_used_gib", "joules_per_token", "error")
-
-
-def display_rows(points: list[dict]) -> list[dict]:
-    gib = lambda v: v / 2**30 if v else None  # noqa: E731
-    return [{**p, "memory_gib": gib(p.get("memory_bytes")), "device_used_gib": gib(p.get("device_used_bytes"))}
-            for p in points]
 
 
 @click.command("replicate")
@@ -82,12 +75,4 @@ def command(model_name, replica_counts, batch, ctx, mps, no_baseline, duration, 
 
     points = replicate(spec, counts, modes=modes, baseline=not no_baseline, collectors=collectors,
                        ready_timeout_s=ready_timeout, on_point=on_point)
-    if csv_path:
-        write_csv(points, csv_path)
-    if as_json:
-        print_json(points)
-        return
-    where = gpu.name if gpu else "the CPU (a check; times are not GPU times)"
-    print_table(display_rows(points), COLUMNS, title=f"replicas of {shape.name}, ctx {ctx}, {dtype}, {impl}, on {where}")
-    if run:
-        console.print(f"written to {run.path}")
+    show(points, COLUMNS, f"replicas of {shape.name}, ctx {ctx}, {dtype}, {impl}", gpu, run, csv_path, as_json)
