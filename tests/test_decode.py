@@ -242,8 +242,7 @@ def decode_cli(*args):
     return CliRunner().invoke(main, ["decode", *args])
 
 
-def test_cli_writes_a_run_and_resumes(tmp_path, tiny_config, monkeypatch):
-    monkeypatch.setattr(decode_bench, "STEP_TIMING", QUICK)
+def test_cli_writes_a_run_and_resumes(tmp_path, tiny_config):
     out = tmp_path / "run"
     args = ["--model", str(tiny_config), "--device", "cpu", "--impl", "torch", "--ctx", "12", "--steps", "2",
             "--max-time", "0.02", "--out", str(out)]
@@ -256,6 +255,8 @@ def test_cli_writes_a_run_and_resumes(tmp_path, tiny_config, monkeypatch):
     r = decode_cli(*args, "--batch", "1,2,3", "--resume")
     assert r.exit_code == 0, r.output
     assert [json.loads(line)["batch"] for line in (out / "points.jsonl").read_text().splitlines()] == [1, 2, 3]
+    r = decode_cli(*args, "--batch", "4", "--resume", "--dtype", "fp16")
+    assert r.exit_code == 1 and "holds a run with another dtype ('bf16')" in r.output
 
 
 def test_cli_counters_go_through_gpuprof_counters(tmp_path, tiny_config, monkeypatch):

@@ -27,6 +27,11 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
     """A new run directory with its manifest, or (with resume) the existing one, its last cut line dropped."""
     if resume and (out / "points.jsonl").exists():
         run = Run.open(out)
+        old = run.manifest().get("grid") or {}
+        differ = [k for k in grid if k != "batches" and k in old and old[k] != grid[k]]
+        if differ:
+            raise GpuprofError(f"{out} holds a run with another {differ[0]} ({old[differ[0]]!r}); "
+                               "resume with the same settings or choose another --out.")
         run.repair()
         return run
     manifest = {
