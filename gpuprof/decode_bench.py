@@ -48,7 +48,8 @@ def make_collectors(names: str | None) -> list[Collector]:
     try:
         from gpuprof.counters import make_collectors as make
     except ImportError:
-        raise GpuprofError("--counters needs gpuprof.counters, which this install lacks; leave --counters out.") from None
+        raise GpuprofError("--counters needs gpuprof.counters, which this install lacks; leave --counters out.") \
+            from None
     return list(make([n.strip() for n in names.split(",") if n.strip()]))
 
 

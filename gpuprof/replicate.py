@@ -499,8 +499,6 @@ def worker_main(spec: ReplicaSpec, stdin=None, stdout=None) -> int:
     from gpuprof.errors import Unsupported
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if spec.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is imported
 
     def say(kind: str, payload: dict | None = None) -> None:
         stdout.write(f"{PREFIX} {kind}" + (f" {json.dumps(payload)}" if payload is not None else "") + "\n")

@@ -300,6 +300,12 @@ def test_cli_mistakes_are_one_sentence(args, message, tiny_config):
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 
 
+def test_cli_on_the_cpu_needs_the_triton_interpreter_for_our_kernels(tiny_config, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    r = decode_cli("--model", str(tiny_config), "--device", "cpu", "--impl", "gpuprof")
+    assert r.exit_code == 1 and "start gpuprof with TRITON_INTERPRET=1" in r.output
+
+
 def test_cli_needs_a_gpu_unless_told_cpu(monkeypatch):
     from gpuprof import device
 

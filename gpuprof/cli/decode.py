@@ -46,9 +46,11 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
     return Run.create(out, manifest)
 
 
-def use_triton_interpreter() -> None:
-    """On the CPU, Triton kernels run through Triton's interpreter; it must be chosen before they are imported."""
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+def require_triton_interpreter(impl: str) -> None:
+    """On the CPU our Triton kernels run only through Triton's interpreter, chosen before they are imported."""
+    if impl == "gpuprof" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise GpuprofError("--device cpu runs gpuprof's Triton kernels through Triton's interpreter: start gpuprof "
+                           "with TRITON_INTERPRET=1 in the environment, or use --impl torch.")
 
 
 def linear_list(text: str) -> list[str]:
@@ -80,7 +82,7 @@ def linear_list(text: str) -> list[str]:
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the points as CSV.")
 @click.option("--max-time", default=2.0, show_default=True, help="Seconds of timed steps per batch size, at most.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="cpu runs the same loop eagerly (Triton interpreter for gpuprof): a check, its times are not GPU times.")
+              help="cpu: the loop run eagerly as a check (not GPU times); --impl gpuprof needs TRITON_INTERPRET=1.")
 @click.option("--no-graph", is_flag=True, help="Run steps eagerly instead of replaying a CUDA graph.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights and inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
@@ -90,7 +92,7 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
     if device == "cuda":
         require_gpu("gpuprof decode")
     else:
-        use_triton_interpreter()
+        require_triton_interpreter(impl)
     shape = get_model(model_name)
     batch_list = int_list(batches, "batch")
     backend = make_backend(impl, attention_impl, linear_list(linear_impls))

@@ -8,7 +8,7 @@ import click
 
 from gpuprof import peaks as peaks_lib
 from gpuprof.cli.bench import int_list
-from gpuprof.cli.decode import linear_list, open_run, show
+from gpuprof.cli.decode import linear_list, open_run, require_triton_interpreter, show
 from gpuprof.cli.output import console
 from gpuprof.decode_bench import make_collectors
 from gpuprof.device import require_gpu
@@ -48,6 +48,8 @@ def command(model_name, replica_counts, batch, ctx, mps, no_baseline, duration, 
     """Decode with R replicas of MODEL at once (each its own process): aggregate tokens/s, latency, memory, energy."""
     if device == "cuda":
         require_gpu("gpuprof replicate")
+    else:
+        require_triton_interpreter(impl)
     shape = get_model(model_name)  # a clear error now, not in every replica
     counts = int_list(replica_counts, "replicas")
     if duration <= 0:
