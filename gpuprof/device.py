@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import re
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gpuprof.errors import NoGPUError
+from gpuprof.errors import GpuprofError, NoGPUError
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,21 @@ def require_gpu(what: str = "this command") -> None:
             f"{what} needs an NVIDIA GPU, and none is visible here (torch.cuda.is_available() is False); "
             "run it on a machine with a CUDA GPU, or read committed results with `gpuprof report`."
         )
+
+
+def use_triton_interpreter() -> None:
+    """Run gpuprof's Triton kernels through Triton's CPU interpreter (for `--device cpu`).
+
+    Triton reads TRITON_INTERPRET when a kernel module is imported, so this must come before the first one is.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return
+    if any(name.startswith("gpuprof.kernels.") for name in sys.modules):
+        raise GpuprofError(
+            "gpuprof's Triton kernels were already loaded for the GPU; start gpuprof with TRITON_INTERPRET=1 "
+            "in the environment to run them on the CPU."
+        )
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def _nvml_details(index: int) -> dict:

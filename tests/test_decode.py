@@ -300,7 +300,9 @@ def test_cli_mistakes_are_one_sentence(args, message, tiny_config):
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 
 
-def test_cli_on_the_cpu_needs_the_triton_interpreter_for_our_kernels(tiny_config, monkeypatch):
+def test_cli_on_the_cpu_cannot_switch_kernels_already_loaded_for_the_gpu(tiny_config, monkeypatch):
+    import gpuprof.kernels.decode_attention  # noqa: F401  (loaded, as if compiled for a GPU)
+
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     r = decode_cli("--model", str(tiny_config), "--device", "cpu", "--impl", "gpuprof")
     assert r.exit_code == 1 and "start gpuprof with TRITON_INTERPRET=1" in r.output

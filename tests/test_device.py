@@ -53,3 +53,14 @@ def test_without_gpu_info_is_none_and_require_gpu_says_so(monkeypatch):
 def test_info_on_a_gpu():
     gpu = device.info()
     assert gpu.sm_count > 0 and gpu.memory_bytes > 0 and gpu.l2_bytes > 0
+
+
+def test_use_triton_interpreter_sets_the_switch(monkeypatch):
+    import sys
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items() if not k.startswith("gpuprof.kernels.")})
+    device.use_triton_interpreter()
+    import os
+
+    assert os.environ["TRITON_INTERPRET"] == "1"

@@ -112,7 +112,7 @@ BAD_INPUTS = [
     ("out shape", lambda c: c.update(out=torch.empty(2, 31, dtype=torch.bfloat16)), "out must have shape (2, 30)"),
     ("w columns", lambda c: c.update(w=c["w"].T.contiguous().T),
      "w's last dimension must be contiguous (stride 1, not 30); pass w.contiguous()."),
-    ("impl", lambda c: c.update(impl="cutlass"), "gemv has no implementation 'cutlass'; valid: triton, cuda."),
+    ("impl", lambda c: c.update(impl="cutlass"), "gemv has no implementation 'cutlass'; valid: triton, cuda, cublas."),
 ]
 
 
@@ -233,3 +233,17 @@ def test_gpu_meets_the_targets(m, n, k):
     assert ours["status"] == "ok" and cublas["status"] == "ok", (ours["error"], cublas["error"])
     assert ours["gbps"] >= 0.85 * copy_gbps(), f"{ours['gbps']:.0f} GB/s vs copy {copy_gbps():.0f} GB/s"
     assert ours["time_us"] * 1.15 <= cublas["time_us"], f"{ours['time_us']:.1f} us vs cuBLAS {cublas['time_us']:.1f}"
+
+
+@pytest.mark.parametrize("with_out", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cublas_impl_is_f_linear(device, with_out, bias):
+    g = torch.Generator(device=device).manual_seed(3)
+    x = torch.randn(5, 24, generator=g, device=device, dtype=torch.float16)
+    w = torch.randn(7, 24, generator=g, device=device, dtype=torch.float16)
+    b = torch.randn(7, generator=g, device=device, dtype=torch.float16) if bias else None
+    out = torch.full((5, 7), float("nan"), device=device, dtype=torch.float16) if with_out else None
+    y = gemv(x, w, b, impl="cublas", out=out)
+    assert y.dtype == torch.float16 and (out is None or y is out)
+    ref = gemv_reference(x, w, b, dtype=torch.float64)
+    assert ((y.double() - ref).norm() / ref.norm()).item() <= 5e-3

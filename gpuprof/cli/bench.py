@@ -12,7 +12,7 @@ from gpuprof import profile as profile_lib
 from gpuprof.bench import measure_point
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.counters import COUNTERS, make_collectors, ncu
-from gpuprof.device import git_commit, info, require_gpu, software_versions
+from gpuprof.device import git_commit, info, require_gpu, software_versions, use_triton_interpreter
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import OPS, get_op
@@ -27,17 +27,23 @@ COLUMNS = (
 )
 
 
-def int_list(text: str | None, name: str) -> list[int] | None:
+def int_list(text: str | None, name: str, minimum: int = 1) -> list[int] | None:
     """'1,2,4' -> [1, 2, 4]; a clear error for anything else."""
     if text is None:
         return None
+    flag = "--" + name.replace("_", "-")
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise GpuprofError(f"--{name} takes whole numbers separated by commas (e.g. 1,8,64), not {text!r}.")
-    if not values or min(values) <= 0:
-        raise GpuprofError(f"--{name} takes positive whole numbers separated by commas, not {text!r}.")
+        raise GpuprofError(f"{flag} takes whole numbers separated by commas (e.g. 1,8,64), not {text!r}.")
+    if not values or min(values) < minimum:
+        what = "positive whole numbers" if minimum == 1 else f"whole numbers of at least {minimum}"
+        raise GpuprofError(f"{flag} takes {what} separated by commas, not {text!r}.")
     return values
+
+
+# page_size 0 selects the contiguous cache layout.
+_MINIMUM = {"page_size": 0}
 
 
 def shape_grid(kernel: str, given: dict[str, list[int] | None]) -> list[dict[str, int]]:
@@ -80,13 +86,15 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
+    else:
+        use_triton_interpreter()
     ncu_path = ncu.find_ncu() if "ncu" in counters else None
     chosen = list(op.impls) if impls == "all" else [i.strip() for i in impls.split(",")]
     unknown = [i for i in chosen if i not in op.impls]
     if unknown:
         raise GpuprofError(f"{kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
     dts = [d.strip() for d in dtypes.split(",")]
-    grid = shape_grid(kernel, {k: int_list(v, k) for k, v in shape_lists.items()})
+    grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
     run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks, counters) if out else None

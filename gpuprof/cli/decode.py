@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from gpuprof.cli.bench import int_list
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.decode import build_decoder, make_backend
 from gpuprof.decode_bench import STEP_TIMING, DecodeSettings, make_collectors, run_decode
-from gpuprof.device import git_commit, info, require_gpu, software_versions
+from gpuprof.device import git_commit, info, require_gpu, software_versions, use_triton_interpreter
 from gpuprof.errors import GpuprofError
 from gpuprof.models import get_model
 from gpuprof.ops.base import DTYPES
@@ -46,13 +45,6 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
     return Run.create(out, manifest)
 
 
-def require_triton_interpreter(impl: str) -> None:
-    """On the CPU our Triton kernels run only through Triton's interpreter, chosen before they are imported."""
-    if impl == "gpuprof" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise GpuprofError("--device cpu runs gpuprof's Triton kernels through Triton's interpreter: start gpuprof "
-                           "with TRITON_INTERPRET=1 in the environment, or use --impl torch.")
-
-
 def linear_list(text: str) -> list[str]:
     impls = [i.strip() for i in text.split(",") if i.strip()]
     unknown = [i for i in impls if i not in ("triton", "cuda", "cublas")]
@@ -82,7 +74,7 @@ def linear_list(text: str) -> list[str]:
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the points as CSV.")
 @click.option("--max-time", default=2.0, show_default=True, help="Seconds of timed steps per batch size, at most.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="cpu: the loop run eagerly as a check (not GPU times); --impl gpuprof needs TRITON_INTERPRET=1.")
+              help="cpu: the loop run eagerly as a check (not GPU times; Triton kernels through its interpreter).")
 @click.option("--no-graph", is_flag=True, help="Run steps eagerly instead of replaying a CUDA graph.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights and inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
@@ -92,7 +84,7 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
     if device == "cuda":
         require_gpu("gpuprof decode")
     else:
-        require_triton_interpreter(impl)
+        use_triton_interpreter()
     shape = get_model(model_name)
     batch_list = int_list(batches, "batch")
     backend = make_backend(impl, attention_impl, linear_list(linear_impls))

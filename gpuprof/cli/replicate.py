@@ -8,10 +8,10 @@ import click
 
 from gpuprof import peaks as peaks_lib
 from gpuprof.cli.bench import int_list
-from gpuprof.cli.decode import linear_list, open_run, require_triton_interpreter, show
+from gpuprof.cli.decode import linear_list, open_run, show
 from gpuprof.cli.output import console
 from gpuprof.decode_bench import make_collectors
-from gpuprof.device import require_gpu
+from gpuprof.device import require_gpu, use_triton_interpreter
 from gpuprof.errors import GpuprofError
 from gpuprof.models import get_model
 from gpuprof.ops.base import DTYPES
@@ -49,7 +49,7 @@ def command(model_name, replica_counts, batch, ctx, mps, no_baseline, duration, 
     if device == "cuda":
         require_gpu("gpuprof replicate")
     else:
-        require_triton_interpreter(impl)
+        use_triton_interpreter()
     shape = get_model(model_name)  # a clear error now, not in every replica
     counts = int_list(replica_counts, "replicas")
     if duration <= 0:

@@ -106,11 +106,15 @@ def gemv(
 ) -> torch.Tensor:
     """y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), fp16/bf16 with float32 accumulation, into `out` when given.
 
-    M from 1 to 256; larger M is a GEMM (Unsupported here: use F.linear). Last dimensions must be contiguous.
+    impl "cublas" is torch's F.linear (any M). For "triton" and "cuda", M runs from 1 to 256; a larger M is a
+    GEMM (Unsupported). Last dimensions must be contiguous.
     """
     m, n, k = check_gemv_inputs(x, w, bias, out)
+    if impl == "cublas":
+        y = torch.nn.functional.linear(x, w, bias)
+        return y if out is None else out.copy_(y)
     if impl not in IMPLS:
-        raise GpuprofError(f"gemv has no implementation {impl!r}; valid: {', '.join(IMPLS)}.")
+        raise GpuprofError(f"gemv has no implementation {impl!r}; valid: {', '.join(IMPLS + ('cublas',))}.")
     if m > MAX_M:
         raise Unsupported(f"gemv/{impl} takes M from 1 to {MAX_M}, not {m}; a larger M is a GEMM (use F.linear).")
     if impl == "cuda":
