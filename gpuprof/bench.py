@@ -148,16 +148,8 @@ def _measure(op: Op, impl: str, shape: Mapping[str, int], dtype: str, point: dic
         add_work(point, peaks)
         if collectors:
             point.update(_count(collectors, fns, sync, point))
-    except Unsupported as e:
-        point.update(status="unsupported", error=str(e))
-    except torch.cuda.OutOfMemoryError:
-        point.update(status="oom", error=f"out of device memory for {op.input_bytes(shape, dtype)} bytes of inputs.")
-    except _NoRoom as e:
-        point.update(status="oom", error=str(e))
-    except CheckFailed as e:
-        point.update(status="error", error=str(e))
-    except (RuntimeError, ValueError) as e:
-        point.update(status="error", error=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")
+    except MEASUREMENT_FAILURES as e:
+        point.update(failure(e, oom=f"out of device memory for {op.input_bytes(shape, dtype)} bytes of inputs."))
     finally:
         del inputs
         if device != "cpu" and torch.cuda.is_available():
@@ -190,6 +182,24 @@ def _count(collectors: Sequence[Collector], fns, sync, point: dict) -> dict:
 
 class _NoRoom(GpuprofError):
     pass
+
+
+# What a point records instead of raising: the sweep carries on past each of these.
+MEASUREMENT_FAILURES = (Unsupported, _NoRoom, CheckFailed, RuntimeError, ValueError)
+
+
+def failure(e: BaseException, oom: str) -> dict:
+    """The `status` and one-sentence `error` of a point that could not be measured (`oom`: what ran out)."""
+    if isinstance(e, Unsupported):
+        return {"status": "unsupported", "error": str(e)}
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return {"status": "oom", "error": oom}
+    if isinstance(e, _NoRoom):
+        return {"status": "oom", "error": str(e)}
+    if isinstance(e, GpuprofError):
+        return {"status": "error", "error": str(e)}
+    text = str(e).strip()
+    return {"status": "error", "error": f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")}
 
 
 def _fits(nbytes: int, device: str) -> bool:

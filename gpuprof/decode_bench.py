@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from gpuprof import harness
-from gpuprof.bench import CheckFailed, Collector
+from gpuprof.bench import MEASUREMENT_FAILURES, CheckFailed, Collector, failure
 from gpuprof.decode import DecodeBatch, Decoder, PagedKVCache, check_context, prepare_batch
-from gpuprof.errors import GpuprofError, Unsupported
+from gpuprof.errors import GpuprofError
 from gpuprof.models import ModelShape
 from gpuprof.ops.base import Work, dtype_bytes
 from gpuprof.records import add_work, new_point
@@ -123,15 +123,8 @@ def measure_batch(
         if decoder.device.type == "cuda":
             point["memory_bytes"] = torch.cuda.max_memory_allocated(decoder.device)
         add_work(point, peaks)
-    except Unsupported as e:
-        point.update(status="unsupported", error=str(e))
-    except torch.cuda.OutOfMemoryError:
-        point.update(status="oom", error=f"out of device memory for a batch of {batch} at context {settings.ctx}.")
-    except CheckFailed as e:
-        point.update(status="error", error=str(e))
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        point.update(status="error", error=f"{type(e).__name__}: {first}")
+    except MEASUREMENT_FAILURES as e:
+        point.update(failure(e, oom=f"out of device memory for a batch of {batch} at context {settings.ctx}."))
     finally:
         del prepared
         if decoder.device.type == "cuda":

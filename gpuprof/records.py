@@ -60,6 +60,21 @@ def add_work(point: dict, peaks: Mapping | None) -> dict:
     return point
 
 
+def new_manifest(gpu: object | None, peaks: Mapping | None, grid: Mapping, command: str | None = None) -> dict:
+    """A run's manifest for this process: the GPU (a GPUInfo, or None), versions, commit, command, start time."""
+    from gpuprof.device import git_commit, software_versions
+
+    return {
+        "gpu": gpu.manifest() if gpu is not None else None,
+        "versions": software_versions(),
+        "git_commit": git_commit(),
+        "command": command or command_line(),
+        "started_at": utc_now(),
+        "peaks": dict(peaks) if peaks else None,
+        "grid": dict(grid),
+    }
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 

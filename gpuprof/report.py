@@ -530,7 +530,7 @@ def _header(data: RunData) -> list[str]:
         "",
         f"- GPU: {_gpu_name(data)}" + (f", {gpu.get('sm_count')} SMs, {gpu['memory_bytes'] / 2**30:.0f} GiB, "
                                          f"driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}" if gpu else ""),
-        f"- software: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        "- software: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- git commit: {m.get('git_commit')}; started {m.get('started_at')}",
         f"- command: `{m.get('command')}`",
         f"- sweep time: {took / 60:.1f} min over {len(sessions)} session(s)" if sessions

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from gpuprof import harness
 from gpuprof.bench import Collector, measure_point
-from gpuprof.device import GPUInfo, git_commit, gpu_slug, software_versions
+from gpuprof.device import GPUInfo, gpu_slug
 from gpuprof.errors import GpuprofError
 from gpuprof.models import ModelShape, get_model
 from gpuprof.ops import get_op
-from gpuprof.records import Run, add_work, new_point, utc_now, write_json
+from gpuprof.records import Run, add_work, new_manifest, new_point, write_json
 
 DEFAULT_MODELS = ("llama-2-7b", "opt-1.3b")
 DEFAULT_BATCHES = tuple(2**i for i in range(10))  # 1, 2, 4, ..., 512
@@ -383,17 +383,8 @@ def default_run_path(gpu_name: str, root: Path = Path("traces")) -> Path:
 def new_run(path: Path, grid: Grid, *, gpu: GPUInfo | None, peaks: Mapping | None, device: str,
             counters: Sequence[str], command: str) -> Run:
     """Create the run directory with its manifest (grid, versions, peaks used) before the first point."""
-    manifest = {
-        "gpu": gpu.manifest() if gpu else None,
-        "versions": software_versions(),
-        "git_commit": git_commit(),
-        "command": command,
-        "started_at": utc_now(),
-        "peaks": dict(peaks) if peaks else None,
-        "grid": {**grid.to_manifest(), "device": device, "counters": list(counters)},
-        "sessions": [],
-    }
-    return Run.create(path, manifest)
+    manifest = new_manifest(gpu, peaks, {**grid.to_manifest(), "device": device, "counters": list(counters)}, command)
+    return Run.create(path, {**manifest, "sessions": []})
 
 
 def note_session(run: Run, outcome: Outcome, started_at: str, interrupted: bool) -> None:

@@ -16,7 +16,7 @@ from gpuprof.device import git_commit, info, require_gpu, software_versions, use
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import OPS, get_op
-from gpuprof.records import SHAPE_KEYS, Run, command_line, utc_now, write_csv
+from gpuprof.records import SHAPE_KEYS, Run, new_manifest, write_csv
 
 COLUMNS = (
     ("kernel", "impl", "dtype") + SHAPE_KEYS
@@ -156,13 +156,5 @@ def bench_command(kernel: str, impls: list[str], dtypes: list[str], shape_lists:
 
 
 def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks, counters) -> Run:
-    manifest = {
-        "gpu": gpu.manifest() if gpu else None,
-        "versions": software_versions(),
-        "git_commit": git_commit(),
-        "command": command_line(),
-        "started_at": utc_now(),
-        "peaks": peaks,
-        "grid": {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid, "counters": counters},
-    }
-    return Run.create(out, manifest)
+    grid = {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid, "counters": counters}
+    return Run.create(out, new_manifest(gpu, peaks, grid))

@@ -12,11 +12,11 @@ from gpuprof.cli.bench import int_list
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.decode import build_decoder, make_backend
 from gpuprof.decode_bench import STEP_TIMING, DecodeSettings, make_collectors, run_decode
-from gpuprof.device import git_commit, info, require_gpu, software_versions, use_triton_interpreter
+from gpuprof.device import info, require_gpu, use_triton_interpreter
 from gpuprof.errors import GpuprofError
 from gpuprof.models import get_model
 from gpuprof.ops.base import DTYPES
-from gpuprof.records import Run, command_line, utc_now, write_csv
+from gpuprof.records import Run, new_manifest, write_csv
 
 COLUMNS = ("batch", "status", "tokens_per_s", "step_ms", "time_us_iqr", "loop_tokens_per_s", "memory_gib",
            "joules_per_token", "gbps", "pct_copy_bw", "linear_qkv", "linear_down", "linear_lm_head", "error")
@@ -33,16 +33,7 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
                                "resume with the same settings or choose another --out.")
         run.repair()
         return run
-    manifest = {
-        "gpu": gpu.manifest() if gpu else None,
-        "versions": software_versions(),
-        "git_commit": git_commit(),
-        "command": command_line(),
-        "started_at": utc_now(),
-        "peaks": peaks,
-        "grid": grid,
-    }
-    return Run.create(out, manifest)
+    return Run.create(out, new_manifest(gpu, peaks, grid))
 
 
 def linear_list(text: str) -> list[str]:

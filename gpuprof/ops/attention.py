@@ -388,7 +388,7 @@ def contiguous_cache(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         table, ctx = inputs["block_table"].long(), int(inputs["seq_lens"].max())
 
         def gather(cache):
-            b, (_, p, hkv, d) = table.shape[0], cache.shape
+            b, (_, _, hkv, d) = table.shape[0], cache.shape
             return cache[table].reshape(b, -1, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
 
         inputs["contiguous"] = (gather(inputs["k_cache"]), gather(inputs["v_cache"]))
