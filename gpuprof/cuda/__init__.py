@@ -1,0 +1,1 @@
+"""CUDA C++ decode kernels (csrc/), compiled at run time and launched on torch tensors."""
