@@ -281,6 +281,7 @@ inline int atomicAdd(int* address, int value) {  // blocks run one at a time: a 
   *address = old + value;
   return old;
 }
+inline float __uint_as_float(unsigned bits) { return gpuprof_emu::bits_float(bits); }
 template <typename T>
 inline T __ldg(const T* address) {
   return *address;

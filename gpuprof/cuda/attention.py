@@ -35,12 +35,13 @@ class AttentionPlan:
 
 
 def plan(batch: int, kv_heads: int, group_size: int, capacity: int, sm_count: int, num_splits: int | None = None):
-    """Blocks for one call: split the KV sequence until there are about four blocks per SM, keeping at least
-    256 tokens per split (judged on the cache capacity: the lengths themselves stay on the GPU)."""
+    """Blocks for one call: split the KV sequence to get about four blocks per SM (a rough guess of how many
+    fit), keeping at least 256 tokens per split, judged on the cache capacity since the lengths stay on the GPU.
+    Untuned: nobody has measured the best split count yet."""
     head_tiles = math.ceil(group_size / HEADS_PER_BLOCK)
     if num_splits is None:
         blocks = batch * kv_heads * head_tiles
-        num_splits = min(math.ceil(4 * sm_count / blocks), capacity // MIN_TOKENS_PER_SPLIT, MAX_SPLITS)
+        num_splits = min(round(4 * sm_count / blocks), capacity // MIN_TOKENS_PER_SPLIT, MAX_SPLITS)
     return AttentionPlan(head_tiles, max(1, num_splits))
 
 
