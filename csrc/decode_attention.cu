@@ -223,7 +223,8 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
   float* dst = split_out + (row * num_splits + split) * HEAD_DIM + d0;
 #pragma unroll
-  for (int j = 0; j < kPerThread; j += 4) *reinterpret_cast<float4*>(dst + j) = make_float4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
+  for (int j = 0; j < kPerThread; j += 4)
+    *reinterpret_cast<float4*>(dst + j) = make_float4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
   if (d0 == 0) split_lse[row * num_splits + split] = denom > 0.f ? m_all + log2f(denom) : neg_inf();
 }
 

@@ -15,6 +15,7 @@ import torch
 from gpuprof.cuda import attention as cuda_attention
 from gpuprof.cuda import gemv as cuda_gemv
 from gpuprof.cuda import runtime
+from gpuprof.cuda.instances import TRANSPOSE_CHECK_KERNEL, rows_dot_check_kernel
 from gpuprof.errors import Unsupported
 
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 1e-2}
@@ -235,3 +236,28 @@ def test_gemv_plan_covers_k_without_empty_splits(m, n, k):
     assert p.k_per_split % cuda_gemv.K_STEP == 0
     assert p.num_splits * p.k_per_split >= k > (p.num_splits - 1) * p.k_per_split
     assert p.m_blocks * 8 * p.m_tiles >= m and p.n_blocks * cuda_gemv.ROWS_PER_BLOCK >= n
+
+
+# ---- the fragment layouts underneath both kernels -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("device,dtype", on_devices([(t,) for t in DTYPES], [(t,) for t in DTYPES]))
+def test_tensor_core_row_dot_products(device, dtype):
+    """mma_rows_dot_32: d[16][8] = rows[16][32] cols[8][32]^T, with the 16-byte-load relabelling of columns."""
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(16, 32, generator=g).to(device=device, dtype=dtype)
+    cols = torch.randn(8, 32, generator=g).to(device=device, dtype=dtype)
+    d = torch.full((16, 8), math.nan, device=device)
+    args = (runtime.ptr(rows), runtime.ptr(cols), runtime.ptr(d))
+    runtime.launch(torch.device(device), "fragment_check.cu", rows_dot_check_kernel(dtype), (1, 1, 1), (32, 1, 1), args)
+    torch.testing.assert_close(d, rows.float() @ cols.float().T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", on_devices([()], [()]))
+def test_register_transpose_of_8x8_blocks(device):
+    """transpose_8x8 (movmatrix): the lane holding row r, columns 2c, 2c+1 receives the transpose's."""
+    matrix = torch.arange(64, dtype=torch.int16).reshape(8, 8).to(device)
+    out = torch.full((8, 8), -1, dtype=torch.int16, device=device)
+    args = (runtime.ptr(matrix), runtime.ptr(out))
+    runtime.launch(torch.device(device), "fragment_check.cu", TRANSPOSE_CHECK_KERNEL, (1, 1, 1), (32, 1, 1), args)
+    assert torch.equal(out.cpu(), matrix.cpu().T)

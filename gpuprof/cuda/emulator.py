@@ -46,7 +46,7 @@ def unavailable_reason() -> str | None:
         return "the CPU emulator of the CUDA kernels needs a C++ compiler (g++), and none was found."
     include = cuda_include_dir()
     if include is None or not os.path.isfile(os.path.join(include, "vector_types.h")):
-        return "the CPU emulator of the CUDA kernels needs the CUDA headers (cuda_fp16.h, vector_types.h); set CUDA_PATH."
+        return "the CPU emulator of the CUDA kernels needs the CUDA headers (cuda_fp16.h); set CUDA_PATH."
     return None
 
 

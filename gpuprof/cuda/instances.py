@@ -30,11 +30,19 @@ def gemv_kernel(dtype: torch.dtype, m_tiles: int) -> str:
     return f"gpuprof::gemv_kernel<{CPP_TYPES[dtype]}, {m_tiles}>"
 
 
+def rows_dot_check_kernel(dtype: torch.dtype) -> str:
+    return f"gpuprof::rows_dot_check_kernel<{CPP_TYPES[dtype]}>"
+
+
+TRANSPOSE_CHECK_KERNEL = "gpuprof::transpose_check_kernel"
+
+
 def _all_instances() -> dict[str, list[str]]:
     attention = [attention_kernel(t, d, p) for t in CPP_TYPES for d in HEAD_DIMS for p in (False, True)]
     attention += [merge_kernel(t, d) for t in CPP_TYPES for d in HEAD_DIMS]
     gemv = [gemv_kernel(t, m) for t in CPP_TYPES for m in GEMV_M_TILES]
-    return {"decode_attention.cu": attention, "gemv.cu": gemv}
+    checks = [rows_dot_check_kernel(t) for t in CPP_TYPES] + [TRANSPOSE_CHECK_KERNEL]
+    return {"decode_attention.cu": attention, "gemv.cu": gemv, "fragment_check.cu": checks}
 
 
 # source file in csrc/ -> name expressions compiled from it
