@@ -61,6 +61,7 @@ struct Elem;
 
 template <>
 struct Elem<__half> {
+  static constexpr bool kIsBf16 = false;
   static __device__ __forceinline__ unsigned pack(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&h);
@@ -71,6 +72,7 @@ struct Elem<__half> {
 
 template <>
 struct Elem<__nv_bfloat16> {
+  static constexpr bool kIsBf16 = true;
   static __device__ __forceinline__ unsigned pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&h);
@@ -87,33 +89,21 @@ struct Elem<__nv_bfloat16> {
 //   d0, d1: row group, cols 2quad, 2quad+1      d2, d3: row group + 8, same cols
 template <typename T>
 __device__ __forceinline__ void mma_16x8x16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                            unsigned b0, unsigned b1);
-
-template <>
-__device__ __forceinline__ void mma_16x8x16<__half>(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
-                                                    unsigned a3, unsigned b0, unsigned b1) {
+                                            unsigned b0, unsigned b1) {
 #ifdef GPUPROF_CPU_EMULATOR
-  gpuprof_emu::mma_16x8x16(false, d, a0, a1, a2, a3, b0, b1);
+  gpuprof_emu::mma_16x8x16(Elem<T>::kIsBf16, d, a0, a1, a2, a3, b0, b1);
 #else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
-template <>
-__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
-                                                           unsigned a3, unsigned b0, unsigned b1) {
-#ifdef GPUPROF_CPU_EMULATOR
-  gpuprof_emu::mma_16x8x16(true, d, a0, a1, a2, a3, b0, b1);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#define GPUPROF_MMA_OPERANDS " {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+  if constexpr (Elem<T>::kIsBf16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" GPUPROF_MMA_OPERANDS
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" GPUPROF_MMA_OPERANDS
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#undef GPUPROF_MMA_OPERANDS
 #endif
 }
 

@@ -77,29 +77,22 @@ __global__ void __launch_bounds__(kGemvThreads)
       for (int mt = 0; mt < M_TILES; ++mt) mma_rows_dot_32<T>(acc[mt], w_lo_v[u], w_hi_v[u], x_v[u][mt]);
   }
 
-  if (num_splits == 1) {
-#pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = m0 + 8 * mt + 2 * quad + (i & 1);
-        const int n = n0 + group + 8 * (i >> 1);
-        if (m < M && n < N) {
-          const float b = bias != nullptr ? Elem<T>::to_float(bias[n]) : 0.f;
-          y[(long long)m * N + n] = Elem<T>::from_float(acc[mt][i] + b);
-        }
-      }
-    return;
-  }
-
 #pragma unroll
   for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int m = m0 + 8 * mt + 2 * quad + (i & 1);
       const int n = n0 + group + 8 * (i >> 1);
-      if (m < M && n < N) partial[((long long)split * M + m) * N + n] = acc[mt][i];
+      if (m >= M || n >= N) continue;
+      if (num_splits == 1) {
+        const float b = bias != nullptr ? Elem<T>::to_float(bias[n]) : 0.f;
+        y[(long long)m * N + n] = Elem<T>::from_float(acc[mt][i] + b);
+      } else {
+        partial[((long long)split * M + m) * N + n] = acc[mt][i];
+      }
     }
+  if (num_splits == 1) return;
+
   // Publish the partial sums before counting this split in (the threadFenceReduction pattern).
   __threadfence();
   __syncthreads();

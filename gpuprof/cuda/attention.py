@@ -50,11 +50,14 @@ def _check(q, k_cache, v_cache, seq_lens, block_table, out) -> None:
     assert k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride(), "k_cache and v_cache differ"
     assert k_cache.dim() == 4 and k_cache.stride(-1) == 1, "decode_attention: cache rows must be contiguous"
     assert k_cache.dtype == q.dtype == v_cache.dtype, "decode_attention: q and the caches must share a dtype"
+    assert k_cache.device == v_cache.device == seq_lens.device == q.device, "decode_attention: devices differ"
     assert seq_lens.dtype == torch.int32 and seq_lens.is_contiguous(), "decode_attention: seq_lens must be int32"
     if block_table is not None:
         assert block_table.dtype == torch.int32 and block_table.is_contiguous(), "block_table must be int32"
+        assert block_table.device == q.device, "decode_attention: block_table is on another device"
     if out is not None:
         assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous(), "out must be like q"
+        assert out.device == q.device, "decode_attention: out is on another device"
     if q.dtype not in CPP_TYPES:
         raise Unsupported(f"the CUDA decode attention supports float16 and bfloat16, not {q.dtype}.")
     if q.shape[-1] not in HEAD_DIMS:
