@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gpuprof", "gpuprof.cli", "gpuprof.ops", "gpuprof.kernels", "gpuprof.csrc"],
+    packages=["gpuprof", "gpuprof.cli", "gpuprof.ops", "gpuprof.kernels", "gpuprof.csrc", "gpuprof.cuda"],
     package_dir={"gpuprof": "gpuprof", "gpuprof.kernels": "kernels", "gpuprof.csrc": "csrc"},
     package_data={"gpuprof.csrc": ["*.cu", "*.cuh"]},
     install_requires=[
