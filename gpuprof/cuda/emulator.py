@@ -35,14 +35,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GPUPROF_CACHE_DIR", Path.home() / ".cache" / "gpuprof")) / "emulator"
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++")
 
 
 def unavailable_reason() -> str | None:
     from gpuprof.cuda.runtime import cuda_include_dir
 
-    if _compiler() is None:
+    if compiler() is None:
         return "the CPU emulator of the CUDA kernels needs a C++ compiler (g++), and none was found."
     include = cuda_include_dir()
     if include is None or not os.path.isfile(os.path.join(include, "vector_types.h")):
@@ -77,7 +77,7 @@ def _library(source_name: str) -> ctypes.CDLL:
     from gpuprof.cuda.runtime import cuda_include_dir
 
     unit = wrapper_source(source_name)
-    compiler = _compiler()
+    compiler = compiler()
     include = cuda_include_dir()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = source.digest(source.all_files_digest(), unit, version, str(include))
