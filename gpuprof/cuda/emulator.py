@@ -77,9 +77,9 @@ def _library(source_name: str) -> ctypes.CDLL:
     from gpuprof.cuda.runtime import cuda_include_dir
 
     unit = wrapper_source(source_name)
-    compiler = compiler()
+    cxx = compiler()
     include = cuda_include_dir()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = source.digest(source.all_files_digest(), unit, version, str(include))
     target = cache_dir() / f"{Path(source_name).stem}-{key}.so"
     if not target.exists():
@@ -88,7 +88,7 @@ def _library(source_name: str) -> ctypes.CDLL:
             unit_path = Path(tmp) / "unit.cpp"
             unit_path.write_text(unit)
             built = Path(tmp) / target.name
-            command = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-fno-strict-aliasing", "-w"]
+            command = [cxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-fno-strict-aliasing", "-w"]
             command += [f"-I{source.CSRC_DIR}", f"-I{include}", str(unit_path), "-o", str(built)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
@@ -96,6 +96,7 @@ def _library(source_name: str) -> ctypes.CDLL:
             os.replace(built, target)  # atomic: a concurrent build of the same key is harmless
     library = ctypes.CDLL(str(target))
     library.gpuprof_emu_launch.restype = ctypes.c_int
+    library.gpuprof_emu_launch.argtypes = [ctypes.c_int] + [ctypes.c_uint] * 6 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
     return library
 
 
