@@ -22,7 +22,9 @@ __device__ __forceinline__ float neg_inf() { return __uint_as_float(0xff800000u)
 
 __device__ __forceinline__ uint4 zero_uint4() { return make_uint4(0u, 0u, 0u, 0u); }
 
-// Streaming 16-byte load of data read exactly once (KV cache, weights): read-only path, no L1 allocation.
+// 16-byte loads. The kernels never predicate them: rows or columns past the end are clamped to valid addresses
+// and their values masked afterwards, so every load issues unconditionally, back to back.
+// load_stream: data read exactly once (KV cache, weights): the read-only path, no L1 allocation.
 __device__ __forceinline__ uint4 load_stream(const void* ptr) {
 #ifdef GPUPROF_CPU_EMULATOR
   return gpuprof_emu::load16(ptr);
@@ -35,8 +37,8 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
 #endif
 }
 
-// 16-byte load of data that other warps of the block read too (the query, the activations): keep it in L1.
-__device__ __forceinline__ uint4 load_shared_use(const void* ptr) {
+// load_cached: data several warps of a block read (the query, the activations): kept in L1.
+__device__ __forceinline__ uint4 load_cached(const void* ptr) {
 #ifdef GPUPROF_CPU_EMULATOR
   return gpuprof_emu::load16(ptr);
 #else

@@ -23,11 +23,11 @@ constexpr int kHeadsPerBlock = 8;  // query heads per block: the 8-column side o
 // Loads this lane's 16 bytes of chunk c (columns 32c + 8quad ..) of the two token rows it owns in a tile.
 template <typename T, int CHUNKS>
 __device__ __forceinline__ void load_token_rows(uint4 (&lo)[CHUNKS], uint4 (&hi)[CHUNKS], const T* cache,
-                                                long long offset_lo, long long offset_hi, bool ok_lo, bool ok_hi) {
+                                                long long offset_lo, long long offset_hi) {
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
-    lo[c] = ok_lo ? load_stream(cache + offset_lo + 32 * c) : zero_uint4();
-    hi[c] = ok_hi ? load_stream(cache + offset_hi + 32 * c) : zero_uint4();
+    lo[c] = load_stream(cache + offset_lo + 32 * c);
+    hi[c] = load_stream(cache + offset_hi + 32 * c);
   }
 }
 
@@ -39,8 +39,12 @@ __device__ __forceinline__ void store_converted(T* dst, const float (&v)[N]) {
   for (int j = 0; j < N / 2; ++j) dst32[j] = Elem<T>::pack(v[2 * j], v[2 * j + 1]);
 }
 
+// The launch bounds' minimum of blocks per SM is what makes ptxas issue a tile's loads together: left to its
+// default it sinks loads next to their first use to save registers, leaving few in flight. 1 block per SM up
+// to head_dim 128 (~126 registers, still 4 blocks per SM); none (0) at 256, where the default already issues
+// ~20 of a tile's loads together in 168 registers (3 blocks per SM; a hint would cost one).
 template <typename T, int HEAD_DIM, bool PAGED>
-__global__ void __launch_bounds__(kAttnThreads)
+__global__ void __launch_bounds__(kAttnThreads, HEAD_DIM <= 128 ? 1 : 0)
     decode_attention_kernel(const T* __restrict__ q,              // [batch, num_q_heads, HEAD_DIM]
                             const T* __restrict__ k_cache,        // rows of HEAD_DIM, addressed by the strides
                             const T* __restrict__ v_cache,        // same layout as k_cache
@@ -74,12 +78,14 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int first_head = kv_head * group_size + head_tile * kHeadsPerBlock;
   const int heads = min(kHeadsPerBlock, group_size - head_tile * kHeadsPerBlock);
 
-  // Q^T as the B operand: query head `group`, columns 32c + 8quad .. +7 of every chunk c.
+  // Q^T as the B operand: query head `group`, columns 32c + 8quad .. +7 of every chunk c. Padding heads of a
+  // short group repeat the first head; their results are never stored.
   uint4 q_frag[kChunks];
   {
-    const T* q_row = q + ((long long)batch * num_q_heads + first_head + group) * HEAD_DIM + 8 * quad;
+    const int q_head = first_head + (group < heads ? group : 0);
+    const T* q_row = q + ((long long)batch * num_q_heads + q_head) * HEAD_DIM + 8 * quad;
 #pragma unroll
-    for (int c = 0; c < kChunks; ++c) q_frag[c] = group < heads ? load_shared_use(q_row + 32 * c) : zero_uint4();
+    for (int c = 0; c < kChunks; ++c) q_frag[c] = load_cached(q_row + 32 * c);
   }
 
   const int* pages = PAGED ? block_table + (long long)batch * max_pages : nullptr;
@@ -106,20 +112,22 @@ __global__ void __launch_bounds__(kAttnThreads)
       for (int i = 0; i < 4; ++i) o_acc[c][h][i] = 0.f;
 
   for (int t0 = begin + warp * kTileTokens; t0 < end; t0 += kAttnWarps * kTileTokens) {
+    // Rows past the split's end re-read token t0 (always valid): their scores are masked to -inf below, so their
+    // probabilities are exactly 0 and their (finite) V rows add nothing.
     const bool ok_lo = t0 + group < end;
     const bool ok_hi = t0 + group + 8 < end;
-    const long long offset_lo = ok_lo ? row_offset(t0 + group) : 0;
-    const long long offset_hi = ok_hi ? row_offset(t0 + group + 8) : 0;
+    const long long offset_lo = row_offset(ok_lo ? t0 + group : t0);
+    const long long offset_hi = row_offset(ok_hi ? t0 + group + 8 : t0);
 
     uint4 k_lo[kChunks], k_hi[kChunks], v_lo[kChunks], v_hi[kChunks];
-    load_token_rows<T, kChunks>(k_lo, k_hi, k_cache, offset_lo, offset_hi, ok_lo, ok_hi);
-    if constexpr (kLoadVEarly) load_token_rows<T, kChunks>(v_lo, v_hi, v_cache, offset_lo, offset_hi, ok_lo, ok_hi);
+    load_token_rows<T, kChunks>(k_lo, k_hi, k_cache, offset_lo, offset_hi);
+    if constexpr (kLoadVEarly) load_token_rows<T, kChunks>(v_lo, v_hi, v_cache, offset_lo, offset_hi);
 
     // s[0]: (token t0+group, head 2quad), s[1]: (t0+group, 2quad+1), s[2], s[3]: the same for token t0+group+8.
     float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) mma_rows_dot_32<T>(s, k_lo[c], k_hi[c], q_frag[c]);
-    if constexpr (!kLoadVEarly) load_token_rows<T, kChunks>(v_lo, v_hi, v_cache, offset_lo, offset_hi, ok_lo, ok_hi);
+    if constexpr (!kLoadVEarly) load_token_rows<T, kChunks>(v_lo, v_hi, v_cache, offset_lo, offset_hi);
 
     s[0] = ok_lo ? s[0] * scale_log2 : neg_inf();
     s[1] = ok_lo ? s[1] * scale_log2 : neg_inf();

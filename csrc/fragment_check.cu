@@ -11,9 +11,9 @@ __global__ void rows_dot_check_kernel(const T* __restrict__ rows, const T* __res
   const int lane = threadIdx.x % kWarpSize;
   const int group = lane >> 2;
   const int quad = lane & 3;
-  const uint4 lo = load_shared_use(rows + group * 32 + 8 * quad);
-  const uint4 hi = load_shared_use(rows + (group + 8) * 32 + 8 * quad);
-  const uint4 col = load_shared_use(cols + group * 32 + 8 * quad);
+  const uint4 lo = load_cached(rows + group * 32 + 8 * quad);
+  const uint4 hi = load_cached(rows + (group + 8) * 32 + 8 * quad);
+  const uint4 col = load_cached(cols + group * 32 + 8 * quad);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   mma_rows_dot_32<T>(acc, lo, hi, col);
 #pragma unroll

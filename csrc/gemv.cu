@@ -17,8 +17,10 @@ constexpr int kGemvThreads = kGemvWarps * kWarpSize;
 constexpr int kGemvRowsPerWarp = 16;  // rows of w per warp: the 16-row side of the mma
 constexpr int kGemvRowsPerBlock = kGemvWarps * kGemvRowsPerWarp;
 
+// A minimum of 1 block per SM in the launch bounds makes ptxas issue all loads of a step before the first mma
+// (by default it interleaves them with the mma to save registers, leaving only ~4 loads in flight per warp).
 template <typename T, int M_TILES>
-__global__ void __launch_bounds__(kGemvThreads)
+__global__ void __launch_bounds__(kGemvThreads, 1)
     gemv_kernel(const T* __restrict__ x,       // [M, K]
                 const T* __restrict__ w,       // [N, K]
                 const T* __restrict__ bias,    // [N] or null
@@ -43,14 +45,13 @@ __global__ void __launch_bounds__(kGemvThreads)
   const int k_begin = split * k_per_split;
   const int k_end = min(K, k_begin + k_per_split);
 
-  const bool w_lo_ok = n0 + group < N;
-  const bool w_hi_ok = n0 + group + 8 < N;
-  const T* w_lo = w + (long long)(n0 + group) * K + 8 * quad;
-  const T* w_hi = w_lo + 8LL * K;
-  bool x_ok[M_TILES];
+  // Rows past N or M are clamped to the last row (their results are never stored), so loads never need a
+  // predicate; columns past the split's end are clamped into the row and their w values zeroed.
+  const T* w_lo = w + (long long)min(n0 + group, N - 1) * K;
+  const T* w_hi = w + (long long)min(n0 + group + 8, N - 1) * K;
+  const T* x_rows[M_TILES];
 #pragma unroll
-  for (int mt = 0; mt < M_TILES; ++mt) x_ok[mt] = m0 + 8 * mt + group < M;
-  const T* x_base = x + (long long)(m0 + group) * K + 8 * quad;
+  for (int mt = 0; mt < M_TILES; ++mt) x_rows[mt] = x + (long long)min(m0 + 8 * mt + group, M - 1) * K;
 
   // acc[mt][i]: y[m0 + 8mt + 2quad + (i & 1)][n0 + group + 8 (i >> 1)]
   float acc[M_TILES][4];
@@ -63,13 +64,13 @@ __global__ void __launch_bounds__(kGemvThreads)
     uint4 w_lo_v[kUnroll], w_hi_v[kUnroll], x_v[kUnroll][M_TILES];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + 32 * u;
-      const bool in = k + 8 * quad < k_end;  // K % 8 == 0: a lane's 8 columns are all in or all out
-      w_lo_v[u] = in && w_lo_ok ? load_stream(w_lo + k) : zero_uint4();
-      w_hi_v[u] = in && w_hi_ok ? load_stream(w_hi + k) : zero_uint4();
+      const int k = k0 + 32 * u + 8 * quad;  // this lane's 8 columns (K % 8 == 0: all in or all out)
+      const int k_load = min(k, K - 8);
+      w_lo_v[u] = load_stream(w_lo + k_load);
+      w_hi_v[u] = load_stream(w_hi + k_load);
 #pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt)
-        x_v[u][mt] = in && x_ok[mt] ? load_shared_use(x_base + 8LL * mt * K + k) : zero_uint4();
+      for (int mt = 0; mt < M_TILES; ++mt) x_v[u][mt] = load_cached(x_rows[mt] + k_load);
+      if (k >= k_end) w_lo_v[u] = w_hi_v[u] = zero_uint4();
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)

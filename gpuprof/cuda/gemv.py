@@ -71,8 +71,8 @@ def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: tor
     assert x.is_contiguous() and w.is_contiguous(), "gemv: x and w must be contiguous"
     if x.dtype not in CPP_TYPES:
         raise Unsupported(f"the CUDA gemv supports float16 and bfloat16, not {x.dtype}.")
-    if x.shape[1] % 8 != 0:
-        raise Unsupported(f"the CUDA gemv needs K a multiple of 8 (16-byte rows), got K={x.shape[1]}.")
+    if x.shape[1] % 8 != 0 or x.shape[1] == 0 or x.shape[0] == 0 or w.shape[0] == 0:
+        raise Unsupported(f"the CUDA gemv needs K a positive multiple of 8 and M, N > 0, got {tuple(x.shape)}.")
     if x.data_ptr() % 16 or w.data_ptr() % 16:
         raise Unsupported("the CUDA gemv needs x and w aligned to 16 bytes.")
     if bias is not None:
