@@ -106,14 +106,14 @@ def unavailable_reason(device: torch.device | str) -> str | None:
 def _function(source_name: str, name_expression: str, device_index: int):
     """The compiled kernel: NVRTC on first use in this process, cupy's disk cache after that."""
     import cupy
+    from cupy.cuda.compiler import CompileException
 
+    code = source.expanded(source_name)
     with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(
-            code=source.expanded(source_name), options=nvrtc_options(), name_expressions=[name_expression]
-        )
         try:
+            module = cupy.RawModule(code=code, options=nvrtc_options(), name_expressions=[name_expression])
             return module.get_function(name_expression)
-        except cupy.cuda.compiler.CompileException as e:
+        except CompileException as e:
             raise RuntimeError(f"NVRTC could not compile {name_expression}: {e}") from None
 
 
@@ -122,12 +122,6 @@ def _stream(stream_ptr: int, device_index: int):
     import cupy
 
     return cupy.cuda.ExternalStream(stream_ptr, device_index)
-
-
-def compile_for(device: torch.device, source_name: str, name_expression: str) -> None:
-    """Compile (or load from the cache) one instantiation ahead of its first launch."""
-    if device.type == "cuda":
-        _function(source_name, name_expression, _index(device))
 
 
 def launch(
