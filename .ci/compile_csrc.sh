@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Compile every CUDA kernel instantiation (gpuprof/cuda/instances.py) with the machine's nvcc for sm_90a and
+# sm_80, with `-Xptxas -v`; fail on any register spill or stack frame. Needs gpuprof importable (installed)
+# and nvcc, no GPU. Extra arguments go to `python -m gpuprof.cuda.compile_check` (e.g. --nvrtc, --arch sm_89).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v "${NVCC:-nvcc}" >/dev/null; then
+    echo "compile_csrc: nvcc not found; set NVCC or put the CUDA toolkit on PATH." >&2
+    exit 1
+fi
+exec python3 -m gpuprof.cuda.compile_check "$@"

@@ -1,0 +1,112 @@
+"""Launcher of the CUDA skinny GEMM (csrc/gemv.cu): y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]).
+
+Plans the launch (rows of x per block, split-K from the SM count), checks what the kernel assumes, launches.
+Input validation for users lives in `gpuprof.ops.gemv`; the checks here guard the kernel's own assumptions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gpuprof.cuda import runtime
+from gpuprof.cuda.instances import CPP_TYPES, GEMV_M_TILES, gemv_kernel
+from gpuprof.errors import Unsupported
+
+SOURCE = "gemv.cu"
+THREADS = 128
+ROWS_PER_BLOCK = 64  # rows of w per block: 4 warps x 16
+K_STEP = 128  # columns of K a warp loads per step at most (4 chunks of 32): split boundaries align to it
+MIN_K_PER_SPLIT = 256
+MAX_SPLITS = 32
+_GRID_LIMIT = 65535
+
+
+@dataclass(frozen=True)
+class GemvPlan:
+    m_tiles: int  # 8-row tiles of x per block
+    m_blocks: int
+    n_blocks: int
+    num_splits: int
+    k_per_split: int
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.m_blocks, self.num_splits, self.n_blocks)
+
+
+def plan(m: int, n: int, k: int, sm_count: int, num_splits: int | None = None) -> GemvPlan:
+    """Block shape and split-K for one call: about four blocks per SM, at least 256 columns of K per split."""
+    m_tiles = next((t for t in GEMV_M_TILES if 8 * t >= m), GEMV_M_TILES[-1])
+    m_blocks = math.ceil(m / (8 * m_tiles))
+    n_blocks = math.ceil(n / ROWS_PER_BLOCK)
+    if num_splits is None:
+        blocks = m_blocks * n_blocks
+        num_splits = min(math.ceil(4 * sm_count / blocks), k // MIN_K_PER_SPLIT, MAX_SPLITS)
+    num_splits = max(1, num_splits)
+    k_per_split = math.ceil(math.ceil(k / num_splits) / K_STEP) * K_STEP
+    return GemvPlan(m_tiles, m_blocks, n_blocks, math.ceil(k / k_per_split), k_per_split)
+
+
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _tile_counters(device: torch.device, count: int) -> torch.Tensor:
+    """Per-tile arrival counters of split-K, zero between launches (the last block of a tile resets its own).
+
+    Shared by all calls on a device: two split-K launches running at once on different streams would race.
+    """
+    have = _counters.get(device)
+    if have is None or have.numel() < count:
+        have = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+        _counters[device] = have
+    return have
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None) -> None:
+    assert x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1], "gemv: x must be [M, K] and w [N, K]"
+    assert x.dtype == w.dtype and x.device == w.device, "gemv: x and w must share dtype and device"
+    assert x.is_contiguous() and w.is_contiguous(), "gemv: x and w must be contiguous"
+    if x.dtype not in CPP_TYPES:
+        raise Unsupported(f"the CUDA gemv supports float16 and bfloat16, not {x.dtype}.")
+    if x.shape[1] % 8 != 0 or x.shape[1] == 0 or x.shape[0] == 0 or w.shape[0] == 0:
+        raise Unsupported(f"the CUDA gemv needs K a positive multiple of 8 and M, N > 0, got {tuple(x.shape)}.")
+    if x.data_ptr() % 16 or w.data_ptr() % 16:
+        raise Unsupported("the CUDA gemv needs x and w aligned to 16 bytes.")
+    if bias is not None:
+        assert bias.shape == (w.shape[0],) and bias.dtype == x.dtype and bias.is_contiguous(), "gemv: bad bias"
+    if out is not None:
+        assert out.shape == (x.shape[0], w.shape[0]) and out.dtype == x.dtype, "gemv: out must be [M, N], x's dtype"
+        assert out.is_contiguous() and out.device == x.device, "gemv: out must be contiguous on x's device"
+
+
+def gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """y = x @ w^T (+ bias) with fp32 accumulation; x [M, K], w [N, K], fp16 or bf16; returns y [M, N]."""
+    _check(x, w, bias, out)
+    m, k = x.shape
+    n = w.shape[0]
+    p = plan(m, n, k, runtime.sm_count(x.device), num_splits)
+    if p.n_blocks > _GRID_LIMIT or p.m_blocks > _GRID_LIMIT:
+        raise Unsupported(f"the CUDA gemv grid cannot cover M={m}, N={n}.")
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    partial = counters = None
+    if p.num_splits > 1:
+        partial = torch.empty(p.num_splits, m, n, dtype=torch.float32, device=x.device)
+        counters = _tile_counters(x.device, p.n_blocks * p.m_blocks)
+    args = (
+        runtime.ptr(x), runtime.ptr(w), runtime.ptr(bias), runtime.ptr(out), runtime.ptr(partial),
+        runtime.ptr(counters), runtime.i32(m), runtime.i32(n), runtime.i32(k), runtime.i32(p.k_per_split),
+        runtime.i32(p.num_splits),
+    )  # fmt: skip
+    runtime.launch(x.device, SOURCE, gemv_kernel(x.dtype, p.m_tiles), p.grid, (THREADS, 1, 1), args)
+    return out
