@@ -1,5 +1,6 @@
 """Where our implementations can run: Triton needs a GPU or its interpreter; the CUDA C++ implementations
-(`impl="cuda"`, imported only when asked for) need gpuprof.cuda, cupy and a GPU."""
+(`impl="cuda"`, imported only when asked for) need cupy and a GPU, or on the CPU the g++ emulator of
+gpuprof.cuda (slow: for checks at small shapes)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def unavailable(op: str, impl: str, device: str) -> str | None:
         return "Triton runs on the CPU only through its interpreter: set TRITON_INTERPRET=1."
     if impl != "cuda":
         return None
-    if device != "cuda" or not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return "impl 'cuda' needs an NVIDIA GPU, and none is in use here."
     try:
         cuda_module(op)
     except GpuprofError as e:
         return str(e)
-    return None
+    from gpuprof.cuda import unavailable_reason
+
+    return unavailable_reason(device)
