@@ -3,7 +3,9 @@
 # sm_80, with `-Xptxas -v`; fail on any register spill or stack frame. Needs gpuprof importable (installed)
 # and nvcc, no GPU. Extra arguments go to `python -m gpuprof.cuda.compile_check` (e.g. --nvrtc, --arch sm_89).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# From a neutral folder: in the repository root the source tree would shadow the installed package, whose
+# gpuprof.csrc is the csrc/ folder mapped by setup.py.
+cd "${TMPDIR:-/tmp}"
 if ! command -v "${NVCC:-nvcc}" >/dev/null; then
     echo "compile_csrc: nvcc not found; set NVCC or put the CUDA toolkit on PATH." >&2
     exit 1
