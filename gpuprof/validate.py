@@ -220,8 +220,7 @@ def _notes(run: DecodeRun, target: str, calibration: Calibration, rows: Sequence
     lo, hi = JUDGED_BATCHES
     outside = [r["batch"] for r in rows if not r["judged"]]
     if outside:
-        notes.append(f"batches {', '.join(map(str, outside))} are shown but not judged (the criterion covers "
-                     f"{lo} to {hi})")
+        notes.append(f"batch sizes outside {lo} to {hi} ({', '.join(map(str, outside))}) are shown, not judged")
     if any(r["loop_error_pct"] is not None for r in rows):
         notes.append("loop: the greedy loop after timing, predicted at its mean context; it also pays for argmax "
                      "and feeding tokens back, which the step model leaves out (shown, not judged)")
