@@ -294,3 +294,28 @@ def test_run_without_decode_shapes_uses_its_preset(tmp_path):
     assert read_decode_run(by_point).model == get_model("opt-1.3b")
     by_name = set_grid_model(make_decode_run(tmp_path / "b", [decode_point(1, 100.0)]), "facebook/opt-1.3b")
     assert read_decode_run(by_name).model == get_model("opt-1.3b")
+
+
+@pytest.mark.gpu
+def test_datasheet_roofline_bounds_a_real_decode(tmp_path):
+    """On a GPU: the datasheet roofline's time is a lower bound, so it must over-predict every measured step.
+
+    OPT-1.3B streams 2.6 GB of weights per step, 50x an H100's L2, so no step can beat DRAM bandwidth; a byte
+    count that is too high (a tied embedding counted twice, say) or a context too long would break the bound.
+    """
+    from gpuprof.device import datasheet_for, info
+
+    gpu = info()
+    if datasheet_for(gpu.name) is None:
+        pytest.skip(f"gpuprof has no datasheet entry for {gpu.name}")
+    run = tmp_path / "decode-opt-1.3b"
+    decoded = CliRunner().invoke(main, ["decode", "--model", "opt-1.3b", "--batch", "1,16,64", "--ctx", "512",
+                                        "--steps", "4", "--max-time", "0.5", "--out", str(run)])
+    assert decoded.exit_code == 0, decoded.output
+    r = invoke(run, "--json")
+    assert r.exit_code == 0, r.output
+    (doc,) = json.loads(r.output)["runs"]
+    assert doc["measured_on"] == gpu.name and doc["calibration"]["source"] == UNCALIBRATED
+    assert [row["batch"] for row in doc["rows"]] == [1, 16, 64]
+    for row in doc["rows"]:
+        assert row["error_pct"] > 0, row
