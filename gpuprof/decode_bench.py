@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -216,22 +216,3 @@ def run_decode(
             on_point(point)
     return points
 
-
-def compare_with_prediction(decode_points: Iterable[Mapping], predictions: Iterable[Mapping]) -> list[dict]:
-    """Per measured batch size: measured and predicted tokens/s, and the prediction's error in % of the measurement.
-
-    `predictions` are mappings with `batch` and `tokens_per_s` (the advisor's StepPrediction.to_dict() is one);
-    points that are not `ok` are left out, and a batch size with no prediction gets None.
-    """
-    predicted = {int(p["batch"]): float(p["tokens_per_s"]) for p in predictions}
-    rows = []
-    for point in decode_points:
-        if point.get("status") != "ok" or not point.get("tokens_per_s"):
-            continue
-        measured, guess = point["tokens_per_s"], predicted.get(point["batch"])
-        rows.append({
-            "model": point.get("model"), "batch": point["batch"], "ctx": point.get("ctx"),
-            "measured_tokens_per_s": measured, "predicted_tokens_per_s": guess,
-            "error_pct": None if guess is None else 100.0 * (guess - measured) / measured,
-        })
-    return rows

@@ -27,7 +27,7 @@ from gpuprof.decode import (
     make_backend,
     prepare_batch,
 )
-from gpuprof.decode_bench import DecodeSettings, compare_with_prediction, measure_batch, run_decode
+from gpuprof.decode_bench import DecodeSettings, measure_batch, run_decode
 from gpuprof.decode_reference import ReferenceDecoder
 from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.harness import TimingOptions
@@ -208,18 +208,6 @@ def test_points_that_do_not_fit_are_recorded_as_oom(monkeypatch):
     (point,) = run_decode(decoder, [64], DecodeSettings(ctx=20, steps=0, timing=QUICK))
     assert point["status"] == "oom" and "GiB are free after the weights" in point["error"]
     assert point["time_us"] is None
-
-
-def test_compare_with_prediction_reports_error_per_batch():
-    measured = [{"status": "ok", "batch": 1, "ctx": 1024, "model": "m", "tokens_per_s": 100.0},
-                {"status": "ok", "batch": 8, "ctx": 1024, "model": "m", "tokens_per_s": 800.0},
-                {"status": "oom", "batch": 512, "ctx": 1024, "model": "m", "tokens_per_s": None},
-                {"status": "ok", "batch": 16, "ctx": 1024, "model": "m", "tokens_per_s": 1000.0}]
-    predicted = [{"batch": 1, "tokens_per_s": 110.0}, {"batch": 8, "tokens_per_s": 720.0},
-                 {"batch": 512, "tokens_per_s": 9e4}]
-    rows = compare_with_prediction(measured, predicted)
-    assert [(r["batch"], r["error_pct"]) for r in rows] == [(1, pytest.approx(10.0)), (8, pytest.approx(-10.0)),
-                                                           (16, None)]
 
 
 class FakeEnergy:
