@@ -53,14 +53,15 @@ def require_gpu(what: str = "this command") -> None:
 def use_triton_interpreter() -> None:
     """Run gpuprof's Triton kernels through Triton's CPU interpreter (for `--device cpu`).
 
-    Triton reads TRITON_INTERPRET when a kernel module is imported, so this must come before the first one is.
+    Triton fixes its mode when it is first imported. Without a GPU, `import gpuprof` has already chosen the
+    interpreter; on a GPU machine it must be asked for before Triton loads, in the environment.
     """
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return
-    if any(name.startswith("gpuprof.kernels.") for name in sys.modules):
+    if "triton" in sys.modules:
         raise GpuprofError(
-            "gpuprof's Triton kernels were already loaded for the GPU; start gpuprof with TRITON_INTERPRET=1 "
-            "in the environment to run them on the CPU."
+            "Triton was already loaded for the GPU; start gpuprof with TRITON_INTERPRET=1 in the environment to "
+            "run its Triton kernels on the CPU."
         )
     os.environ["TRITON_INTERPRET"] = "1"
 

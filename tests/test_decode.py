@@ -289,7 +289,7 @@ def test_cli_mistakes_are_one_sentence(args, message, tiny_config):
 
 
 def test_cli_on_the_cpu_cannot_switch_kernels_already_loaded_for_the_gpu(tiny_config, monkeypatch):
-    import gpuprof.kernels.decode_attention  # noqa: F401  (loaded, as if compiled for a GPU)
+    import triton  # noqa: F401  (loaded, as if for a GPU)
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     r = decode_cli("--model", str(tiny_config), "--device", "cpu", "--impl", "gpuprof")

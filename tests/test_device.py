@@ -1,7 +1,7 @@
 import pytest
 
 from gpuprof import device
-from gpuprof.errors import NoGPUError
+from gpuprof.errors import GpuprofError, NoGPUError
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,27 @@ def test_use_triton_interpreter_sets_the_switch(monkeypatch):
     import sys
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items() if not k.startswith("gpuprof.kernels.")})
+    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items() if k != "triton"})
     device.use_triton_interpreter()
     import os
 
     assert os.environ["TRITON_INTERPRET"] == "1"
+
+
+def test_use_triton_interpreter_refuses_once_triton_is_loaded(monkeypatch):
+    import triton  # noqa: F401
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(GpuprofError, match="TRITON_INTERPRET=1"):
+        device.use_triton_interpreter()
+
+
+def test_importing_gpuprof_without_a_gpu_chooses_the_interpreter():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    code = "import os, torch, gpuprof; print(os.environ.get('TRITON_INTERPRET'), torch.cuda.is_available())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    mode, has_gpu = out.split()
+    assert mode == ("None" if has_gpu == "True" else "1")

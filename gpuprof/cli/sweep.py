@@ -11,7 +11,7 @@ from gpuprof import peaks as peaks_lib
 from gpuprof import sweep
 from gpuprof.cli.bench import int_list
 from gpuprof.cli.output import console, print_table
-from gpuprof.device import info, require_gpu
+from gpuprof.device import info, require_gpu, use_triton_interpreter
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.records import Run, command_line, utc_now
@@ -76,6 +76,8 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
     collectors = sweep.make_counter_collectors(counter_names)
     if device == "cuda":
         require_gpu("gpuprof sweep")
+    else:
+        use_triton_interpreter()
     gpu = info() if device == "cuda" else None
     if resume:
         peaks = manifest["peaks"]  # the ceilings the run started with, so every point is on the same scale
