@@ -270,6 +270,7 @@ QUICK = TimingOptions(warmup_ms=0, max_time_s=0.01, min_reps=2)
 SMALL = {"batch": 2, "ctx": 40, "hq": 8, "hkv": 2, "head_dim": 64}
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("impl, page_size", [("triton", 16), ("triton", 0), ("torch-sdpa-math", 16)])
 def test_op_points_are_checked_and_timed_on_the_cpu(impl, page_size):
     shape = get_op("attention").shape(**SMALL, page_size=page_size)
@@ -278,6 +279,7 @@ def test_op_points_are_checked_and_timed_on_the_cpu(impl, page_size):
     assert point["max_rel_err"] <= 1e-2 and point["bytes"] == attention_work(2, 40, 8, 2, 64, 2).bytes
 
 
+@pytest.mark.interpreter
 def test_op_reports_fp32_as_unsupported_for_triton():
     shape = get_op("attention").shape(**SMALL)
     point = measure_point(get_op("attention"), "triton", shape, "fp32", device="cpu", options=QUICK)

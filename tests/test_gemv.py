@@ -178,6 +178,7 @@ def test_op_shape_defaults_and_errors():
         op.shape(k=0)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("impl, dtype, status", [("triton", "bf16", "ok"), ("cublas", "bf16", "ok"),
                                                  ("cublas", "fp32", "ok"), ("triton", "fp32", "unsupported")])
 def test_op_points_on_the_cpu(impl, dtype, status):
@@ -187,6 +188,7 @@ def test_op_points_on_the_cpu(impl, dtype, status):
     assert point["bytes"] == gemv_work(3, 40, 200, 4 if dtype == "fp32" else 2).bytes
 
 
+@pytest.mark.interpreter
 def test_op_reports_large_m_as_unsupported():
     shape = get_op("gemv").shape(m=300, n=16, k=16)
     point = measure_point(get_op("gemv"), "triton", shape, "bf16", device="cpu", options=QUICK)

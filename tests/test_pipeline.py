@@ -31,6 +31,7 @@ def run(*args: str) -> str:
     return result.output
 
 
+@pytest.mark.interpreter
 def test_sweep_then_report_on_the_cpu(config, tmp_path):
     out = tmp_path / "sweep"
     run("sweep", "--model", str(config), "--batch", "1,3", "--ctx", "40", "--impl", "triton,torch-sdpa-math,cublas",
@@ -44,6 +45,7 @@ def test_sweep_then_report_on_the_cpu(config, tmp_path):
     assert "tiny-llama" in report and (out / "report" / "roofline.png").stat().st_size > 10_000
 
 
+@pytest.mark.interpreter
 def test_decode_then_validate_on_the_cpu(config, tmp_path):
     out = tmp_path / "decode"
     run("decode", "--model", str(config), "--batch", "2", "--ctx", "24", "--device", "cpu", "--impl", "gpuprof",

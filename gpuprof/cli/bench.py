@@ -86,13 +86,13 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
-    else:
-        use_triton_interpreter()
-    ncu_path = ncu.find_ncu() if "ncu" in counters else None
     chosen = list(op.impls) if impls == "all" else [i.strip() for i in impls.split(",")]
     unknown = [i for i in chosen if i not in op.impls]
     if unknown:
         raise GpuprofError(f"{kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
+    if device == "cpu" and "triton" in chosen:
+        use_triton_interpreter()
+    ncu_path = ncu.find_ncu() if "ncu" in counters else None
     dts = [d.strip() for d in dtypes.split(",")]
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None

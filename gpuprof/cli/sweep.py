@@ -76,7 +76,7 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
     collectors = sweep.make_counter_collectors(counter_names)
     if device == "cuda":
         require_gpu("gpuprof sweep")
-    else:
+    elif any("triton" in impls for impls in grid.impls.values()):
         use_triton_interpreter()
     gpu = info() if device == "cuda" else None
     if resume:
