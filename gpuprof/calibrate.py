@@ -23,7 +23,7 @@ from gpuprof.advisor.work import Work, attention_work, linear_work
 from gpuprof.device import git_commit
 from gpuprof.errors import GpuprofError
 from gpuprof.ops.base import dtype_bytes
-from gpuprof.records import SHAPE_KEYS, Run, utc_now, write_json
+from gpuprof.records import SHAPE_KEYS, TRACES, Run, utc_now, write_json
 
 MIN_POINTS = 3
 _GRID = 24  # cells per parameter and round
@@ -182,7 +182,7 @@ def fit_run(path: Path, dtype: str | None = None, step_overhead_us: float = 0.0)
 
 
 def calibrate(path: Path, out: Path | None = None, dtype: str | None = None, step_overhead_us: float = 0.0,
-              root: Path = Path("traces")) -> tuple[dict, list[Path]]:
+              root: Path = TRACES) -> tuple[dict, list[Path]]:
     """Fit a run and write RUN/calibration.json and `out` (default traces/<gpu-slug>/calibration.json)."""
     calibration = fit_run(Path(path), dtype, step_overhead_us)
     targets = [Path(path) / "calibration.json", out or default_path(calibration["provenance"]["gpu"], root)]

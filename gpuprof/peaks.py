@@ -13,10 +13,10 @@ from pathlib import Path
 
 from gpuprof import harness
 from gpuprof.bench import measure_point
-from gpuprof.device import GPUInfo, datasheet_for, gpu_slug, software_versions
+from gpuprof.device import GPUInfo, datasheet_for, software_versions
 from gpuprof.errors import GpuprofError
 from gpuprof.ops import get_op
-from gpuprof.records import utc_now
+from gpuprof.records import TRACES, gpu_dir, utc_now
 
 PEAK_KEYS = ("copy_gbps", "read_gbps", "fp16_tflops", "bf16_tflops", "fp32_tflops")
 
@@ -24,8 +24,8 @@ COPY_BYTES = 1 << 30  # 1 GiB source, 1 GiB destination: far beyond any L2
 MATMUL_SIZE = 8192
 
 
-def default_path(gpu_name: str, root: Path = Path("traces")) -> Path:
-    return root / gpu_slug(gpu_name) / "peaks.json"
+def default_path(gpu_name: str, root: Path = TRACES) -> Path:
+    return gpu_dir(gpu_name, root) / "peaks.json"
 
 
 def _points(l2_bytes: int, options: harness.TimingOptions, copy_bytes: int, matmul: int) -> list[tuple[str, dict]]:
@@ -99,7 +99,7 @@ def datasheet_peaks(gpu_name: str) -> dict | None:
     }
 
 
-def load(gpu_name: str, path: Path | None = None, root: Path = Path("traces")) -> dict:
+def load(gpu_name: str, path: Path | None = None, root: Path = TRACES) -> dict:
     """The manifest's `peaks`: measured from peaks.json when there is one, else the datasheet, labelled."""
     candidate = path or default_path(gpu_name, root)
     if candidate.is_file():

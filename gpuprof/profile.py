@@ -14,7 +14,6 @@ kernels.jsonl (one row per profiled launch), points.jsonl (the points with their
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shlex
 import subprocess
@@ -25,9 +24,8 @@ from pathlib import Path
 
 from gpuprof import nvtx
 from gpuprof.counters import ncu
-from gpuprof.device import gpu_slug
 from gpuprof.errors import GpuprofError
-from gpuprof.records import SHAPE_KEYS, Run, command_line, dumps, read_points, utc_now
+from gpuprof.records import SHAPE_KEYS, TRACES, Run, command_line, dumps, new_run_dir, read_points, utc_now
 
 ENV_POINTS = "GPUPROF_PROFILE_POINTS"
 ENV_CALLS = "GPUPROF_PROFILE_CALLS"
@@ -83,10 +81,9 @@ class Result:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-def default_out(gpu_name: str, root: Path = Path("traces")) -> Path:
+def default_out(gpu_name: str, root: Path = TRACES) -> Path:
     """traces/<gpu-slug>/profile-<UTC time>."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return root / gpu_slug(gpu_name) / f"profile-{stamp}"
+    return new_run_dir(gpu_name, "profile", root)
 
 
 def target_command(command: Sequence[str]) -> list[str]:

@@ -27,6 +27,8 @@ POINT_KEYS = (
     + ("time_us", "time_us_min", "time_us_max", "time_us_iqr", "reps")
     + ("bytes", "flops", "intensity", "gbps", "tflops", "pct_copy_bw", "pct_peak_flops")
 )
+TRACES = Path("traces")  # where results measured on real GPUs live, one folder per GPU
+
 MANIFEST_KEYS = ("gpu", "versions", "git_commit", "command", "started_at", "peaks", "grid")
 STATUSES = ("ok", "oom", "unsupported", "error")
 
@@ -73,6 +75,18 @@ def new_manifest(gpu: object | None, peaks: Mapping | None, grid: Mapping, comma
         "peaks": dict(peaks) if peaks else None,
         "grid": dict(grid),
     }
+
+
+def gpu_dir(gpu_name: str, root: Path = TRACES) -> Path:
+    """traces/<gpu-slug>: where this GPU's peaks.json, calibration.json and run directories go."""
+    from gpuprof.device import gpu_slug
+
+    return Path(root) / gpu_slug(gpu_name)
+
+
+def new_run_dir(gpu_name: str, kind: str, root: Path = TRACES) -> Path:
+    """A fresh, sortable run directory name: traces/<gpu-slug>/<kind>-YYYYMMDD-HHMMSS (UTC)."""
+    return gpu_dir(gpu_name, root) / f"{kind}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
 def utc_now() -> str:

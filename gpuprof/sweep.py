@@ -22,11 +22,11 @@ from pathlib import Path
 
 from gpuprof import harness
 from gpuprof.bench import Collector, measure_point
-from gpuprof.device import GPUInfo, gpu_slug
+from gpuprof.device import GPUInfo
 from gpuprof.errors import GpuprofError
 from gpuprof.models import ModelShape, get_model
 from gpuprof.ops import get_op
-from gpuprof.records import Run, add_work, new_manifest, new_point, write_json
+from gpuprof.records import TRACES, Run, add_work, new_manifest, new_point, new_run_dir, write_json
 
 DEFAULT_MODELS = ("llama-2-7b", "opt-1.3b")
 DEFAULT_BATCHES = tuple(2**i for i in range(10))  # 1, 2, 4, ..., 512
@@ -371,13 +371,9 @@ def make_counter_collectors(names: Sequence[str]) -> list[Collector]:
     return list(make_collectors(list(names)))
 
 
-def run_id(now: float | None = None) -> str:
-    """A sortable run name, e.g. sweep-20261122-153012 (UTC)."""
-    return "sweep-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-
-
-def default_run_path(gpu_name: str, root: Path = Path("traces")) -> Path:
-    return root / gpu_slug(gpu_name) / run_id()
+def default_run_path(gpu_name: str, root: Path = TRACES) -> Path:
+    """traces/<gpu-slug>/sweep-<UTC time>."""
+    return new_run_dir(gpu_name, "sweep", root)
 
 
 def new_run(path: Path, grid: Grid, *, gpu: GPUInfo | None, peaks: Mapping | None, device: str,

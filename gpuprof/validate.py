@@ -28,7 +28,7 @@ from gpuprof.device import git_commit, gpu_slug
 from gpuprof.errors import GpuprofError
 from gpuprof.models import ModelShape, get_model
 from gpuprof.ops.base import dtype_bytes
-from gpuprof.records import Run, command_line, utc_now, write_json
+from gpuprof.records import TRACES, Run, command_line, utc_now, write_json
 
 FORMAT = "gpuprof-validation/1"
 DEFAULT_TOLERANCE_PCT = 10.0
@@ -105,7 +105,7 @@ def error_pct(predicted: float, measured: float) -> float:
 
 
 def resolve_calibration(gpu: str, dtype: str, path: Path | None = None, step_overhead_us: float | None = None,
-                        root: Path = Path("traces")) -> Calibration:
+                        root: Path = TRACES) -> Calibration:
     """The calibration `gpuprof advise --gpu GPU` would use, refused if it was measured on another GPU."""
     calibration = calibration_lib.resolve(gpu, dtype, path, root)
     if step_overhead_us is not None:
@@ -161,7 +161,7 @@ def summarize(rows: Sequence[Mapping], tolerance_pct: float) -> dict:
 
 def validate_run(run: DecodeRun, calibration_path: Path | None = None, gpu: str | None = None,
                  tolerance_pct: float = DEFAULT_TOLERANCE_PCT, step_overhead_us: float | None = None,
-                 root: Path = Path("traces")) -> dict:
+                 root: Path = TRACES) -> dict:
     """One run's validation document: rows per batch size, the verdict, notes and provenance."""
     target = gpu or run.gpu
     if target is None:
@@ -229,7 +229,7 @@ def _notes(run: DecodeRun, target: str, calibration: Calibration, rows: Sequence
 
 def validate(paths: Sequence[Path], calibration_path: Path | None = None, gpu: str | None = None,
              tolerance_pct: float = DEFAULT_TOLERANCE_PCT, step_overhead_us: float | None = None,
-             root: Path = Path("traces")) -> dict:
+             root: Path = TRACES) -> dict:
     """Validate every run (all are read and checked before any file is written); write RUN/validation.json."""
     if not tolerance_pct > 0:
         raise GpuprofError(f"--tolerance must be a positive percentage, not {tolerance_pct:g}.")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gpuprof.advisor.work import Work
-from gpuprof.device import gpu_slug
+from gpuprof.records import TRACES, gpu_dir
 from gpuprof.errors import GpuprofError
 
 FORMAT = "gpuprof-calibration/1"
@@ -62,8 +62,8 @@ class Calibration:
         }
 
 
-def default_path(gpu_name: str, root: Path = Path("traces")) -> Path:
-    return root / gpu_slug(gpu_name) / "calibration.json"
+def default_path(gpu_name: str, root: Path = TRACES) -> Path:
+    return gpu_dir(gpu_name, root) / "calibration.json"
 
 
 def load(path: Path) -> Calibration:
@@ -112,7 +112,7 @@ def datasheet_roofline(gpu_name: str, dtype: str) -> Calibration:
     return Calibration({k: fit for k in KERNELS}, dtype, 0.0, UNCALIBRATED, False, prov)
 
 
-def resolve(gpu_name: str, dtype: str, path: Path | None = None, root: Path = Path("traces")) -> Calibration:
+def resolve(gpu_name: str, dtype: str, path: Path | None = None, root: Path = TRACES) -> Calibration:
     """The given calibration file, else the one measured on this GPU under `root`, else the datasheet roofline."""
     candidate = path or default_path(gpu_name, root)
     if path is None and not candidate.is_file():

@@ -27,6 +27,11 @@ COLUMNS = (
 )
 
 
+def name_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: the comma-separated lists every command takes."""
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
 def int_list(text: str | None, name: str, minimum: int = 1) -> list[int] | None:
     """'1,2,4' -> [1, 2, 4]; a clear error for anything else."""
     if text is None:
@@ -86,14 +91,14 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
-    chosen = list(op.impls) if impls == "all" else [i.strip() for i in impls.split(",")]
+    chosen = list(op.impls) if impls == "all" else name_list(impls)
     unknown = [i for i in chosen if i not in op.impls]
     if unknown:
         raise GpuprofError(f"{kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
     if device == "cpu" and "triton" in chosen:
         use_triton_interpreter()
     ncu_path = ncu.find_ncu() if "ncu" in counters else None
-    dts = [d.strip() for d in dtypes.split(",")]
+    dts = name_list(dtypes)
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
@@ -136,7 +141,7 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
 
 def counter_names(text: str, device: str) -> list[str]:
     """'nvml,ncu' -> ['nvml', 'ncu']; a clear error for unknown names or counters on the CPU."""
-    names = [w.strip() for w in text.split(",") if w.strip()]
+    names = name_list(text)
     unknown = [n for n in names if n not in COUNTERS]
     if unknown:
         raise GpuprofError(f"unknown counters {', '.join(unknown)}; valid: {', '.join(COUNTERS)}.")

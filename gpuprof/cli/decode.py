@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
-from gpuprof.cli.bench import int_list
+from gpuprof.cli.bench import int_list, name_list
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.decode import build_decoder, make_backend
 from gpuprof.decode_bench import STEP_TIMING, DecodeSettings, make_collectors, run_decode
@@ -37,7 +37,7 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
 
 
 def linear_list(text: str) -> list[str]:
-    impls = [i.strip() for i in text.split(",") if i.strip()]
+    impls = name_list(text)
     unknown = [i for i in impls if i not in ("triton", "cuda", "cublas")]
     if not impls or unknown:
         raise GpuprofError(f"--linear takes triton, cuda and cublas separated by commas, not {text!r}.")

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from gpuprof import peaks as peaks_lib
 from gpuprof import sweep
-from gpuprof.cli.bench import int_list
+from gpuprof.cli.bench import int_list, name_list
 from gpuprof.cli.output import console, print_table
 from gpuprof.device import info, require_gpu, use_triton_interpreter
 from gpuprof.errors import GpuprofError
@@ -19,10 +19,6 @@ from gpuprof.records import Run, command_line, utc_now
 # Options that define the grid; a resumed sweep takes its grid from the run's manifest instead.
 GRID_OPTIONS = ("models", "batches", "ctxs", "dtypes", "kernels", "impls", "page_size", "max_time", "counters",
                 "device")
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 @click.command("sweep")
@@ -63,12 +59,12 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
         device, counter_names = manifest["grid"].get("device", "cuda"), manifest["grid"].get("counters", [])
     else:
         grid = sweep.make_grid(
-            models=_names(models), kernels=_names(kernels), impls=None if impls == "all" else _names(impls),
+            models=name_list(models), kernels=name_list(kernels), impls=None if impls == "all" else name_list(impls),
             batches=int_list(batches, "batch") or sweep.DEFAULT_BATCHES,
             ctxs=int_list(ctxs, "ctx") or sweep.DEFAULT_CTXS,
-            dtypes=_names(dtypes), page_size=page_size, max_time_s=max_time,
+            dtypes=name_list(dtypes), page_size=page_size, max_time_s=max_time,
         )
-        counter_names = _names(counters)
+        counter_names = name_list(counters)
     points = sweep.plan(grid)
     if dry_run:
         _print_dry_run(grid, points)
