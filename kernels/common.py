@@ -1,9 +1,11 @@
-"""Pieces shared by the Triton kernels: the interpreter switch and a matrix product that survives it."""
+"""Pieces shared by the decode kernels: the interpreter switch, a matrix product that survives it, and the
+split-K arrival counters (also used by the CUDA GEMV in gpuprof/cuda)."""
 
 from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -24,3 +26,24 @@ def dot_acc(a, b, acc, FP32_OPERANDS: tl.constexpr):
     if FP32_OPERANDS:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
+
+
+# Arrival counters of the split-K last-arrival reduction, zero between calls (the last split of a tile resets its
+# own). Calls on one stream run one after another, so they share a set; concurrent streams each get their own.
+_arrivals: dict[tuple[torch.device, int], torch.Tensor] = {}
+# Outgrown sets are kept: a CUDA graph captured earlier still points at the old set, which must stay allocated
+# (and at zero) for its replays.
+_outgrown: list[torch.Tensor] = []
+
+
+def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """int32 counters, one per output tile, zero between launches, for launches on the current stream of device."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    key = (device, stream)
+    counters = _arrivals.get(key)
+    if counters is None or counters.numel() < tiles:
+        if counters is not None:
+            _outgrown.append(counters)
+        counters = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+        _arrivals[key] = counters
+    return counters

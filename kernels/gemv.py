@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gpuprof.kernels.common import dot_acc, interpreting
+from gpuprof.kernels.common import arrival_counters, dot_acc, interpreting
 
 
 @dataclass(frozen=True)
@@ -96,21 +96,6 @@ def _gemv_kernel(
             tl.atomic_xchg(arrivals_ptr + pid_n * m_blocks + pid_m, 0)
 
 
-# Arrival counters, zero between calls, per (device, stream): calls on one stream run one after another, so they
-# can share one set; concurrent streams each get their own.
-_arrivals: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
-    key = (device, stream)
-    counters = _arrivals.get(key)
-    if counters is None or counters.numel() < tiles:
-        counters = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
-        _arrivals[key] = counters
-    return counters
-
-
 def split_k_plan(k: int, block_k: int, split_k: int) -> tuple[int, int]:
     """(K elements per split, rounded up to whole blocks; splits actually needed, none of them empty)."""
     per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
@@ -127,7 +112,7 @@ def gemv_fwd(
     m_blocks, n_blocks = triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n)
     if split_k > 1:
         partial = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-        arrivals = _arrival_counters(x.device, m_blocks * n_blocks)
+        arrivals = arrival_counters(x.device, m_blocks * n_blocks)
     else:
         partial = arrivals = out  # never touched: placeholder pointers
     _gemv_kernel[(m_blocks * n_blocks * split_k,)](

@@ -17,6 +17,7 @@ from gpuprof.cuda import gemv as cuda_gemv
 from gpuprof.cuda import runtime
 from gpuprof.cuda.instances import TRANSPOSE_CHECK_KERNEL, rows_dot_check_kernel
 from gpuprof.errors import Unsupported
+from gpuprof.kernels.common import arrival_counters
 
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 1e-2}
 DTYPES = [torch.float16, torch.bfloat16]
@@ -220,7 +221,7 @@ def test_gemv_split_k_is_deterministic_and_resets_its_counters(device):
     first = cuda_gemv.gemv(x, w, num_splits=2)
     second = cuda_gemv.gemv(x, w, num_splits=2)
     assert torch.equal(first, second)
-    assert int(cuda_gemv._tile_counters(x.device, 1).count_nonzero()) == 0
+    assert int(arrival_counters(x.device, 1).count_nonzero()) == 0
 
 
 def test_gemv_rejects_unsupported_combinations():

@@ -65,7 +65,7 @@ def test_every_candidate_config_matches_reference(device, m, bias):
                                          (GemvConfig(16, 16, 64, split_k=3), 2, 333),
                                          (GemvConfig(32, 32, 32, split_k=7), 45, 440)])
 def test_forced_split_k_sums_every_split_and_resets_its_counters(device, config, m, k):
-    from gpuprof.kernels.gemv import _arrivals
+    from gpuprof.kernels.common import _arrivals
 
     x, w, b = make_case(m, 40, k, torch.float16, bias=True, device=device, seed=config.split_k)
     assert split_k_plan(k, config.block_k, config.split_k)[1] == config.split_k  # no split left empty
@@ -210,6 +210,41 @@ def test_gpu_every_candidate_config_matches_reference(m):
         out = torch.full((m, 4096), math.nan, dtype=x.dtype, device="cuda")
         gemv_fwd(x, w, b, out, config)
         assert relative_error(out, ref) <= 1e-2, config
+
+
+def test_arrival_counters_outgrown_set_stays_allocated():
+    """A larger set replaces a smaller one, but the old one is kept: a captured CUDA graph may point at it."""
+    from gpuprof.kernels import common
+
+    small = common.arrival_counters(torch.device("cpu"), 8)
+    assert common.arrival_counters(torch.device("cpu"), 8) is small
+    large = common.arrival_counters(torch.device("cpu"), small.numel() + 1)
+    assert large.numel() > small.numel() and int(large.count_nonzero()) == 0
+    assert any(t is small for t in common._outgrown)
+
+
+@pytest.mark.gpu
+def test_gpu_concurrent_streams_use_their_own_counters():
+    """Split-K launches on two streams at once must not share arrival counters (a shared set would mix tiles)."""
+    x, w, b = make_case(4, 2560, 10240, torch.bfloat16, bias=True, device="cuda")
+    config = GemvConfig(16, 32, 256, split_k=8)
+    ref = gemv_fwd(x, w, b, torch.empty(4, 2560, dtype=x.dtype, device="cuda"), config).clone()
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    outs = {s: [] for s in streams}
+    torch.cuda.synchronize()
+    for _ in range(50):
+        for s in streams:
+            with torch.cuda.stream(s):
+                outs[s].append(gemv_fwd(x, w, b, torch.empty_like(ref), config))
+    torch.cuda.synchronize()
+    from gpuprof.kernels.common import arrival_counters
+
+    sets = {arrival_counters(x.device, 1).data_ptr()}
+    for s in streams:
+        with torch.cuda.stream(s):
+            sets.add(arrival_counters(x.device, 1).data_ptr())
+    assert len(sets) == 3
+    assert all(torch.equal(o, ref) for s in streams for o in outs[s])
 
 
 @pytest.mark.gpu

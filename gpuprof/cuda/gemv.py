@@ -14,6 +14,7 @@ import torch
 from gpuprof.cuda import runtime
 from gpuprof.cuda.instances import CPP_TYPES, GEMV_M_TILES, gemv_kernel
 from gpuprof.errors import Unsupported
+from gpuprof.kernels.common import arrival_counters
 
 SOURCE = "gemv.cu"
 THREADS = 128
@@ -48,21 +49,6 @@ def plan(m: int, n: int, k: int, sm_count: int, num_splits: int | None = None) -
     num_splits = max(1, num_splits)
     k_per_split = math.ceil(math.ceil(k / num_splits) / K_STEP) * K_STEP
     return GemvPlan(m_tiles, m_blocks, n_blocks, math.ceil(k / k_per_split), k_per_split)
-
-
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def _tile_counters(device: torch.device, count: int) -> torch.Tensor:
-    """Per-tile arrival counters of split-K, zero between launches (the last block of a tile resets its own).
-
-    Shared by all calls on a device: two split-K launches running at once on different streams would race.
-    """
-    have = _counters.get(device)
-    if have is None or have.numel() < count:
-        have = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-        _counters[device] = have
-    return have
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None) -> None:
@@ -102,7 +88,7 @@ def gemv(
     partial = counters = None
     if p.num_splits > 1:
         partial = torch.empty(p.num_splits, m, n, dtype=torch.float32, device=x.device)
-        counters = _tile_counters(x.device, p.n_blocks * p.m_blocks)
+        counters = arrival_counters(x.device, p.n_blocks * p.m_blocks)
     args = (
         runtime.ptr(x), runtime.ptr(w), runtime.ptr(bias), runtime.ptr(out), runtime.ptr(partial),
         runtime.ptr(counters), runtime.i32(m), runtime.i32(n), runtime.i32(k), runtime.i32(p.k_per_split),
