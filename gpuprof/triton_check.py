@@ -41,6 +41,7 @@ class Case:
     num_stages: int
     floats: tuple[str, ...] = ()  # scalar arguments that are floats; every other scalar is an i32
     unaligned: tuple[str, ...] = ()  # i32 arguments not known to be multiples of 16 (lengths, counts)
+    expects_wide_loads: bool = True  # False for a kernel moving a few bytes per thread
 
 
 @dataclass
@@ -52,6 +53,7 @@ class CodegenReport:
     registers: int
     local_bytes: int  # local memory per thread (spills, arrays indexed at run time)
     stack_bytes: int
+    expects_wide_loads: bool = True
     problems: list[str] = field(default_factory=list)
 
 
@@ -105,8 +107,9 @@ def inspect_case(case: Case, arch: int = ARCH) -> CodegenReport:
     local = len(re.findall(r"\b(?:LDL|STL)\b", sass))
     registers, stack, local_bytes = (int(re.search(rf"\b{key}:(\d+)", usage).group(1))
                                      for key in ("REG", "STACK", "LOCAL"))
-    report = CodegenReport(case.name, wide, len(loads) - wide, local, registers, local_bytes, stack)
-    if not wide:
+    report = CodegenReport(case.name, wide, len(loads) - wide, local, registers, local_bytes, stack,
+                           case.expects_wide_loads)
+    if not wide and case.expects_wide_loads:
         report.problems.append("no 16-byte global loads (LDG/LDGSTS .128)")
     if local or local_bytes or stack:
         report.problems.append(f"local memory: {local} LDL/STL, {local_bytes} B local, {stack} B stack")
@@ -146,7 +149,25 @@ def default_cases() -> list[Case]:
              "WRITE_PARTIAL": c.num_splits > 1, "FP32_OPERANDS": False},
             c.num_warps, c.num_stages, floats=("scale_log2",), unaligned=("num_q_heads", "num_splits"),
         ))
-    return cases
+    return cases + step_cases()
+
+
+def step_cases() -> list[Case]:
+    """The decode step's small fused kernels at Llama-2-7B's sizes."""
+    from gpuprof.kernels import activation, norm, rotary
+
+    return [
+        Case("add_norm hidden=4096 rmsnorm bf16", norm._add_norm_kernel,
+             {"x_ptr": "bf16", "delta_ptr": "bf16", "weight_ptr": "fp32", "bias_ptr": "fp32", "out_ptr": "bf16"},
+             {"HAS_DELTA": True, "LAYER_NORM": False, "BLOCK": 4096}, 8, 1, floats=("eps",)),
+        Case("rotary_cache_write Hq=32 Hkv=32 D=128 bf16", rotary._rotary_cache_kernel,
+             {"qkv_ptr": "bf16", "inv_freq_ptr": "fp32", "positions_ptr": "i64", "pages_ptr": "i32",
+              "slots_ptr": "i64", "q_out_ptr": "bf16", "k_cache_ptr": "bf16", "v_cache_ptr": "bf16"},
+             {"HEADS": 32, "KV_HEADS": 32, "HEAD_DIM": 128, "ROTARY": True, "HALF_BLOCK": 64, "BLOCK": 128}, 1, 1,
+             expects_wide_loads=False),  # 256 bytes per row: two to four bytes per thread
+        Case("gated_activation silu inner=11008 bf16", activation._gated_activation_kernel,
+             {"gate_up_ptr": "bf16", "out_ptr": "bf16"}, {"ACT": "silu", "BLOCK": 1024}, 4, 1),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

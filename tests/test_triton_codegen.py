@@ -18,9 +18,10 @@ def test_planned_configurations_load_16_bytes_and_keep_off_local_memory():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode in (0, 1), result.stderr[-3000:]
     reports = json.loads(result.stdout)
-    assert {r["name"].split()[0] for r in reports} == {"gemv", "attention"}
+    assert {r["name"].split()[0] for r in reports} == {"gemv", "attention", "add_norm", "rotary_cache_write",
+                                                       "gated_activation"}
     for r in reports:
-        assert r["wide_loads"] > 0, f"{r['name']}: no 16-byte global loads"
+        assert r["wide_loads"] > 0 or not r["expects_wide_loads"], f"{r['name']}: no 16-byte global loads"
         assert r["local_memory"] == 0 and r["local_bytes"] == 0 and r["stack_bytes"] == 0, r
         assert 0 < r["registers"] <= 255, r
     assert result.returncode == 0
