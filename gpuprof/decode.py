@@ -2,9 +2,13 @@
 
 The model is a `gpuprof.models.ModelShape` with random weights (nothing is downloaded). Attention and the linear
 layers go through a backend object, so the same step runs on our kernels ("gpuprof": Triton decode attention over
-the paged cache; GEMV or cuBLAS per weight shape, chosen by measurement) or on plain torch ("torch"). The rest of
-the step (embedding, norms, rotary, activations, residual adds) is torch elementwise work; on a GPU the whole
-step is captured as one CUDA graph per batch size.
+the paged cache; GEMV or cuBLAS per weight shape, chosen by measurement) or on plain torch ("torch").
+
+The step's small work goes through the backend too. At decode batch sizes it moves kilobytes, so its cost is the
+number of kernels: plain torch launches about fifty per layer (casts, the norms' reductions, the two rotations,
+the cache scatters), which on a 1B model costs as much as the weights take to read. The gpuprof backend fuses it
+into three kernels per layer (`gpuprof.kernels`: residual add + norm twice, rotary + cache write, gated
+activation). On a GPU the whole step is captured as one CUDA graph per batch size.
 """
 
 from __future__ import annotations
@@ -170,7 +174,7 @@ class PagedKVCache:
         self.k.normal_(generator=gen)
         self.v.normal_(generator=gen)
 
-    def _slots(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def slots(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Page and slot of each position; positions [B] or [B, L] (one row per sequence)."""
         cols = positions // self.page_size
         if positions.dim() == 1:
@@ -181,7 +185,7 @@ class PagedKVCache:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store one token per sequence: k, v [B, kv_heads, head_dim] at positions [B] (int64)."""
-        pages, slots = self._slots(positions)
+        pages, slots = self.slots(positions)
         self.k[layer].index_put_((pages, slots), k)
         self.v[layer].index_put_((pages, slots), v)
 
@@ -189,7 +193,7 @@ class PagedKVCache:
         """Store positions 0..L-1 of every sequence in every layer: k, v [layers, B, L, kv_heads, head_dim]."""
         batch, length = k.shape[1], k.shape[2]
         positions = torch.arange(length, device=self.k.device).expand(batch, length)
-        pages, slots = self._slots(positions)
+        pages, slots = self.slots(positions)
         for layer in range(k.shape[0]):
             self.k[layer].index_put_((pages, slots), k[layer].to(self.k.dtype))
             self.v[layer].index_put_((pages, slots), v[layer].to(self.v.dtype))
@@ -247,6 +251,34 @@ class TorchBackend:
     def attention(self, q, k_cache, v_cache, seq_lens, block_table, scale: float) -> torch.Tensor:
         return paged_attention_torch(q, k_cache, v_cache, seq_lens, block_table, scale)
 
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, norm: Norm) -> torch.Tensor:
+        if delta is not None:
+            x.add_(delta)
+        return _norm(x, norm)
+
+    def rotation(self, positions: torch.Tensor, inv_freq: torch.Tensor | None) -> tuple | None:
+        """cos and sin of every position's angles, computed once per step."""
+        if inv_freq is None:
+            return None
+        angles = positions.float()[:, None] * inv_freq
+        return angles.cos()[:, None, :], angles.sin()[:, None, :]
+
+    def qkv_to_cache(self, qkv: torch.Tensor, heads: int, kv_heads: int, rotation: tuple | None,
+                     slots: tuple[torch.Tensor, torch.Tensor], k_cache: torch.Tensor, v_cache: torch.Tensor
+                     ) -> torch.Tensor:
+        """q [B, heads, head_dim] (rotated); k (rotated) and v stored at the step's cache slots."""
+        batch, head_dim = qkv.shape[0], k_cache.shape[-1]
+        q, k, v = qkv.view(batch, heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
+        if rotation is not None:
+            q, k = _rotate(q, *rotation), _rotate(k, *rotation)
+        k_cache.index_put_(slots, k)
+        v_cache.index_put_(slots, v)
+        return q.contiguous()
+
+    def gated_activation(self, gate_up: torch.Tensor, act: str) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return (_ACTIVATIONS[act](gate.float()) * up.float()).to(gate_up.dtype)
+
 
 class GpuprofBackend:
     """gpuprof's decode attention, and per weight shape the faster of our GEMV and cuBLAS, chosen by measurement.
@@ -260,16 +292,21 @@ class GpuprofBackend:
     def __init__(self, attention_impl: str = "triton", linear_impls: Sequence[str] = ("triton", "cublas"),
                  timing: harness.TimingOptions = CHOICE_TIMING) -> None:
         try:
+            from gpuprof.kernels.activation import gated_activation
+            from gpuprof.kernels.norm import add_norm
+            from gpuprof.kernels.rotary import rotary_cache_write
             from gpuprof.ops.attention import decode_attention
             from gpuprof.ops.gemv import gemv
         except ImportError as e:
             raise GpuprofError(
-                f"the gpuprof backend needs gpuprof.ops.attention and gpuprof.ops.gemv, which this install lacks "
+                f"the gpuprof backend needs gpuprof's kernels and ops, which this install lacks "
                 f"({e}); use --impl torch."
             ) from None
         if not linear_impls:
             raise GpuprofError("the gpuprof backend needs at least one linear implementation (e.g. triton,cublas).")
         self._decode_attention, self._gemv = decode_attention, gemv
+        self._add_norm, self._gated_activation = add_norm, gated_activation
+        self._rotary_cache_write = rotary_cache_write
         # Our cache is valid by construction: skip the attention's host-side value check (a device sync per call
         # on eager steps) where the op offers that switch.
         accepts = inspect.signature(decode_attention).parameters
@@ -295,6 +332,21 @@ class GpuprofBackend:
     def attention(self, q, k_cache, v_cache, seq_lens, block_table, scale: float) -> torch.Tensor:
         return self._decode_attention(q, k_cache, v_cache, seq_lens, block_table, scale=scale, impl=self.attention_impl,
                                       **self._attention_options)
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, norm: Norm) -> torch.Tensor:
+        return self._add_norm(x, delta, norm.weight, norm.bias, NORM_EPS)
+
+    def rotation(self, positions: torch.Tensor, inv_freq: torch.Tensor | None) -> tuple | None:
+        return None if inv_freq is None else (positions, inv_freq)
+
+    def qkv_to_cache(self, qkv: torch.Tensor, heads: int, kv_heads: int, rotation: tuple | None,
+                     slots: tuple[torch.Tensor, torch.Tensor], k_cache: torch.Tensor, v_cache: torch.Tensor
+                     ) -> torch.Tensor:
+        positions, inv_freq = rotation if rotation is not None else (slots[1], None)
+        return self._rotary_cache_write(qkv, heads, kv_heads, inv_freq, positions, *slots, k_cache, v_cache)
+
+    def gated_activation(self, gate_up: torch.Tensor, act: str) -> torch.Tensor:
+        return self._gated_activation(gate_up, act)
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, impl: str,
                 out: torch.Tensor | None = None) -> torch.Tensor:
@@ -360,9 +412,10 @@ def make_backend(name: str, attention_impl: str = "triton", linear_impls: Sequen
 # ---------------------------------------------------------------------------------------------------- the model
 
 
-def _norm(x: torch.Tensor, norm: Norm, kind: str) -> torch.Tensor:
+def _norm(x: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """LayerNorm where the norm has a bias, else RMSNorm; in float32, returned in x's dtype."""
     xf = x.float()
-    if kind == "layernorm":
+    if norm.bias is not None:
         out = F.layer_norm(xf, (xf.shape[-1],), norm.weight, norm.bias, NORM_EPS)
     else:
         out = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + NORM_EPS) * norm.weight
@@ -386,7 +439,6 @@ class Decoder:
             raise GpuprofError(f"{shape.name}: rotary embedding needs an even head_dim, not {shape.head_dim}.")
         self.shape, self.weights, self.backend = shape, weights, backend
         self.scale = shape.head_dim**-0.5
-        self.act = _ACTIVATIONS[shape.activation]
         device = weights.embed.device
         half = torch.arange(0, shape.head_dim, 2, device=device, dtype=torch.float32) / shape.head_dim
         self.inv_freq = ROTARY_BASE**-half
@@ -418,39 +470,30 @@ class Decoder:
 
     def step(self, tokens: torch.Tensor, cache: PagedKVCache) -> torch.Tensor:
         """Logits [B, vocab] for tokens [B] (int64) at positions cache.seq_lens - 1, writing their K and V."""
-        s, w = self.shape, self.weights
+        s, w, backend = self.shape, self.weights, self.backend
         batch = tokens.shape[0]
         positions = cache.seq_lens.long() - 1
-        x = F.embedding(tokens, w.embed)
+        slots = cache.slots(positions)  # (page, slot) of each new token, the same in every layer
+        rotation = backend.rotation(positions, self.inv_freq if s.rotary else None)
+        x = F.embedding(tokens, w.embed)  # the residual stream; add_norm updates it in place
         if w.positions is not None:
             x = x + F.embedding(positions + s.position_offset, w.positions)
-        if s.rotary:
-            angles = positions.float()[:, None] * self.inv_freq
-            cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]
-        q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        delta = None  # the last sublayer's output, not yet added to x
         for i, layer in enumerate(w.layers):
-            h = _norm(x, layer.attn_norm, s.norm)
-            q, k, v = self.backend.linear(h, layer.qkv, layer.qkv_bias).split([q_size, kv_size, kv_size], dim=1)
-            q = q.reshape(batch, s.heads, s.head_dim)
-            k = k.reshape(batch, s.kv_heads, s.head_dim)
-            v = v.reshape(batch, s.kv_heads, s.head_dim)
-            if s.rotary:
-                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            cache.write(i, k, v, positions)
-            attn = self.backend.attention(
-                q.contiguous(), cache.k[i], cache.v[i], cache.seq_lens, cache.block_table, self.scale
-            )
-            x = x + self.backend.linear(attn.reshape(batch, q_size), layer.o, layer.o_bias)
-            x = x + self._mlp(_norm(x, layer.mlp_norm, s.norm), layer)
-        return self.backend.linear(_norm(x, w.final_norm, s.norm), w.lm_head)
+            h = backend.add_norm(x, delta, layer.attn_norm)
+            qkv = backend.linear(h, layer.qkv, layer.qkv_bias)
+            q = backend.qkv_to_cache(qkv, s.heads, s.kv_heads, rotation, slots, cache.k[i], cache.v[i])
+            attn = backend.attention(q, cache.k[i], cache.v[i], cache.seq_lens, cache.block_table, self.scale)
+            h = backend.add_norm(x, backend.linear(attn.reshape(batch, -1), layer.o, layer.o_bias), layer.mlp_norm)
+            delta = self._mlp(h, layer)
+        return backend.linear(backend.add_norm(x, delta, w.final_norm), w.lm_head)
 
     def _mlp(self, h: torch.Tensor, layer: LayerWeights) -> torch.Tensor:
         up = self.backend.linear(h, layer.up, layer.up_bias)
         if self.shape.mlp == "gated":
-            gate, up = up.chunk(2, dim=-1)
-            inner = (self.act(gate.float()) * up.float()).to(h.dtype)
+            inner = self.backend.gated_activation(up, self.shape.activation)
         else:
-            inner = self.act(up)
+            inner = _ACTIVATIONS[self.shape.activation](up)
         return self.backend.linear(inner, layer.down, layer.down_bias)
 
 

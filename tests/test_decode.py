@@ -308,8 +308,9 @@ def test_cli_needs_a_gpu_unless_told_cpu(monkeypatch):
 
 
 @needs_ops
-@pytest.mark.parametrize("family", ["llama", "opt"])
-@pytest.mark.parametrize("linear_impls", [("triton",), ("triton", "cublas")])
+@pytest.mark.parametrize("family, linear_impls", [("llama", ("triton",)), ("llama", ("triton", "cublas")),
+                                                  ("opt", ("triton",)), ("opt", ("triton", "cublas")),
+                                                  ("qwen2", ("triton",)), ("gelu-mqa", ("triton",))])
 def test_gpuprof_backend_matches_reference_on_cpu(family, linear_impls):
     """Our Triton kernels through the interpreter (head_dim 64: the attention kernel's smallest)."""
     if torch.cuda.is_available():
