@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuprof.advisor import calibration as calibration_lib
-from gpuprof.advisor.calibration import Calibration
+from gpuprof.advisor.calibration import SMALL_KERNELS, Calibration
 from gpuprof.advisor.model import predict_step
 from gpuprof.device import git_commit, gpu_slug
 from gpuprof.errors import GpuprofError
@@ -47,6 +47,11 @@ class DecodeRun:
     def gpu(self) -> str | None:
         """The GPU the run was measured on; None for a run on the CPU."""
         return (self.manifest.get("gpu") or {}).get("name")
+
+    @property
+    def impl(self) -> str | None:
+        """The decode implementation of the run (gpuprof or torch), as its grid records it."""
+        return (self.manifest.get("grid") or {}).get("impl")
 
 
 def read_decode_run(path: Path) -> DecodeRun:
@@ -131,6 +136,7 @@ def compare_point(point: Mapping, model: ModelShape, calibration: Calibration, t
         "within_tolerance": abs(error) <= tolerance_pct, "judged": lo <= point["batch"] <= hi,
         "measured_step_ms": point.get("step_ms"), "predicted_step_ms": step.step_us / 1e3,
         "predicted_attention_ms": step.attention_us / 1e3, "predicted_linear_ms": step.linear_us / 1e3,
+        "predicted_small_ms": step.small_us / 1e3,
         "loop_context": None, "loop_measured_tokens_per_s": None, "loop_predicted_tokens_per_s": None,
         "loop_error_pct": None,
     }
@@ -179,7 +185,7 @@ def validate_run(run: DecodeRun, calibration_path: Path | None = None, gpu: str 
         "run": str(run.path),
         "model": run.model.name,
         "dtype": dtypes[0],
-        "impl": grid.get("impl"),
+        "impl": run.impl,
         "ctx": grid.get("ctx"),
         "steps": grid.get("steps"),
         "measured_on": run.gpu,
@@ -214,9 +220,13 @@ def _notes(run: DecodeRun, target: str, calibration: Calibration, rows: Sequence
     if not calibration.calibrated:
         notes.append(f"predictions: {calibration.source}, so throughput is over-predicted; fit a calibration with "
                      "`gpuprof sweep` + `gpuprof calibrate`")
+    if run.impl == "torch":
+        notes.append("the run used --impl torch, whose small work takes about fifty launches per layer; the advisor "
+                     "predicts gpuprof's fused step (about four), so expect this run to be slower than predicted")
+    notes.append(f"the small kernels (norms, rotary, activation) are {SMALL_KERNELS}")
     if calibration.step_overhead_us == 0:
-        notes.append("no per-step overhead in the prediction (norms, rotary, residuals, embedding): "
-                     "the calibration has none; see --step-overhead-us")
+        notes.append("no per-step overhead in the prediction (sampling, scheduling): the calibration has none; "
+                     "see --step-overhead-us")
     lo, hi = JUDGED_BATCHES
     outside = [r["batch"] for r in rows if not r["judged"]]
     if outside:

@@ -8,7 +8,7 @@ from gpuprof.advisor import calibration as calibration_lib
 from gpuprof.advisor.calibration import Calibration, KernelFit
 from gpuprof.advisor.model import aggregate, predict_step
 from gpuprof.advisor.plan import pareto_frontier
-from gpuprof.advisor.work import attention_work, linear_work
+from gpuprof.advisor.work import attention_work, linear_work, small_kernel_work
 from gpuprof.errors import GpuprofError
 from gpuprof.models import ModelShape, get_model
 
@@ -29,9 +29,15 @@ def test_step_time_by_hand():
     for n, k, count in [(128, 64, 2), (64, 64, 2), (256, 64, 2), (64, 128, 2), (1000, 64, 1)]:
         lin = linear_work(b, n, k, 2)
         expected += count * (3.0 + max(lin.bytes / 2e6, lin.flops / 5e7))
+    # Small kernels, priced like the linear fit: add + norm (x, delta in; x, h out; fp32 weight) 2 per layer + 1,
+    # rotary + cache write (the qkv row in, q, k, v out) and the gated activation (gate, up in; out) 1 per layer,
+    # 7 bookkeeping launches (a row of the embedding and 64 bytes of indices per sequence).
+    small = [(4 * b * 64 * 2 + 4 * 64 * 4, 5), (2 * b * 8 * 16 * 2, 2), (b * (256 + 128) * 2, 2), (b * 192, 7)]
+    expected += sum(count * (3.0 + nbytes / 2e6) for nbytes, count in small)
     step = predict_step(TINY, calibration(step_overhead_us=7.0), b, ctx, 2)
     assert step.step_us == pytest.approx(expected + 7.0)
-    assert step.busy_us == pytest.approx(expected - 2 * 5.0 - 9 * 3.0)
+    assert step.busy_us == pytest.approx(expected - 2 * 5.0 - 9 * 3.0 - 16 * 3.0)
+    assert step.small_us == pytest.approx(sum(count * (3.0 + nbytes / 2e6) for nbytes, count in small))
     assert step.tokens_per_s == pytest.approx(b / (expected + 7.0) * 1e6)
 
 
@@ -47,7 +53,9 @@ def test_datasheet_roofline_llama_2_7b_batch_one():
     norms = (2 * model.layers + 1) * model.hidden
     linear_weights = (model.params() - model.vocab * model.hidden - norms) * 2
     kv = 1000 * model.kv_bytes_per_token(2)
-    assert step.bytes == pytest.approx(linear_weights + kv, rel=1e-3)
+    small = sum(work.bytes * count for _, work, count in small_kernel_work(model, 1, 2))
+    assert small < 2e-3 * step.bytes  # kilobytes per call at batch 1
+    assert step.bytes == pytest.approx(linear_weights + kv + small, rel=1e-3)
 
 
 def test_one_replica_is_the_step_itself():

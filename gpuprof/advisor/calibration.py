@@ -1,8 +1,9 @@
 """Per-kernel time models: fitted from a sweep on the user's GPU (calibration.json), or the datasheet roofline.
 
 A kernel call takes overhead_us + max(bytes / bandwidth, flops / compute): a roofline with a fixed cost per call
-(launch, ramp-up, tail). A decode step may add a fixed per-step overhead (the small kernels, sampling,
-scheduling): 0 unless measured.
+(launch, ramp-up, tail). The small kernels of a step (norms, rotary, activation) are not swept on their own: they
+are priced like the linear fit, memory-bound kernels with its fixed cost per call. A decode step may add a fixed
+per-step overhead (sampling, scheduling): 0 unless measured.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ FORMAT = "gpuprof-calibration/1"
 KERNELS = ("attention", "linear")
 UNCALIBRATED = "datasheet roofline, not calibrated: predicted times are lower bounds"
 STEP_OVERHEAD_UNMEASURED = "not measured: 0 (the end-to-end decode measurement gives it)"
+SMALL_KERNELS = "priced like the linear fit (its bandwidth and fixed cost per call); not swept on their own"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class Calibration:
     source: str  # one line for people: where these numbers come from
     calibrated: bool
     provenance: dict
+
+    def small_kernel_fit(self) -> KernelFit:
+        """The time model of the step's small kernels: the linear fit's bandwidth and fixed cost per call."""
+        linear = self.kernels["linear"]
+        return KernelFit(linear.gbps, linear.tflops, linear.overhead_us, None, {"source": SMALL_KERNELS})
 
     def to_dict(self) -> dict:
         return {

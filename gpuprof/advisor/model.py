@@ -1,8 +1,9 @@
 """Predicting a decode step from a model's shapes and a calibration.
 
 One step at batch B and mean context c runs layers x attention(B, c) and, for every weight matrix, `count` x
-linear(B) (the lm_head once), plus the step's fixed overhead. Tokens/s = B / step time. The step also records
-how long the GPU is busy (without fixed costs), which is what replicas sharing one GPU compete for.
+linear(B) (the lm_head once), the small kernels between them (norms, rotary, activation: about four per layer,
+`work.small_kernel_work`), plus the step's fixed overhead. Tokens/s = B / step time. The step also records how
+long the GPU is busy (without fixed costs), which is what replicas sharing one GPU compete for.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpuprof.advisor.calibration import Calibration
-from gpuprof.advisor.work import attention_work, linear_work
+from gpuprof.advisor.work import attention_work, linear_work, small_kernel_work
 from gpuprof.models import ModelShape
 
 
@@ -22,6 +23,7 @@ class StepPrediction:
     busy_us: float  # the part of it the GPU spends moving bytes and doing math
     attention_us: float  # all layers' attention calls, fixed costs included
     linear_us: float  # all weight matrices, fixed costs included
+    small_us: float  # the small kernels (norms, rotary, activation, bookkeeping), fixed costs included
     bytes: float
     flops: float
 
@@ -35,7 +37,8 @@ class StepPrediction:
 
     def to_dict(self) -> dict:
         return {"batch": self.batch, "context": self.context, "step_us": self.step_us, "busy_us": self.busy_us,
-                "attention_us": self.attention_us, "linear_us": self.linear_us, "bytes": self.bytes,
+                "attention_us": self.attention_us, "linear_us": self.linear_us, "small_us": self.small_us,
+                "bytes": self.bytes,
                 "flops": self.flops, "tokens_per_s": self.tokens_per_s, "itl_ms": self.itl_ms}
 
 
@@ -43,18 +46,22 @@ def predict_step(model: ModelShape, calibration: Calibration, batch: int, contex
                  dtype_bytes: int) -> StepPrediction:
     """Predicted time of one decode step of `batch` sequences whose mean context is `context` tokens."""
     attention_fit, linear_fit = calibration.kernels["attention"], calibration.kernels["linear"]
+    small_fit = calibration.small_kernel_fit()
     attention = attention_work(batch, context, model.heads, model.kv_heads, model.head_dim, dtype_bytes)
-    calls = [(attention_fit, attention, model.layers)]
-    calls += [(linear_fit, linear_work(batch, l.n, l.k, dtype_bytes), l.count) for l in model.linears()]
+    linears = [(linear_fit, linear_work(batch, l.n, l.k, dtype_bytes), l.count) for l in model.linears()]
+    smalls = [(small_fit, work, count) for _, work, count in small_kernel_work(model, batch, dtype_bytes)]
+    calls = [(attention_fit, attention, model.layers)] + linears + smalls
     attention_us = model.layers * attention_fit.time_us(attention)
-    linear_us = sum(count * fit.time_us(work) for fit, work, count in calls[1:])
+    linear_us = sum(count * fit.time_us(work) for fit, work, count in linears)
+    small_us = sum(count * fit.time_us(work) for fit, work, count in smalls)
     return StepPrediction(
         batch=batch,
         context=context,
-        step_us=attention_us + linear_us + calibration.step_overhead_us,
+        step_us=attention_us + linear_us + small_us + calibration.step_overhead_us,
         busy_us=sum(count * fit.busy_us(work) for fit, work, count in calls),
         attention_us=attention_us,
         linear_us=linear_us,
+        small_us=small_us,
         bytes=sum(count * work.bytes for _, work, count in calls),
         flops=sum(count * work.flops for _, work, count in calls),
     )

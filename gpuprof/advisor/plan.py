@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from gpuprof.advisor.calibration import Calibration
+from gpuprof.advisor.calibration import SMALL_KERNELS, Calibration
 from gpuprof.advisor.criteria import RULES, Criteria, CurvePoint, choose
 from gpuprof.advisor.memory import BLOCK_TOKENS, DEFAULT_FRACTION, DEFAULT_WORKSPACE_BYTES, MemoryBudget
 from gpuprof.advisor.model import StepPrediction, aggregate, predict_step
@@ -285,7 +285,8 @@ def _model_notes(model: ModelShape, workload: Workload, calibration: Calibration
                      f"{model.max_position} positions")
     if not calibration.calibrated:
         notes.append(f"predictions: {calibration.source}; fit a calibration with `gpuprof sweep` + `gpuprof calibrate`")
+    notes.append(f"the small kernels of a step (norms, rotary, activation) are {SMALL_KERNELS}")
     if calibration.step_overhead_us == 0:
-        notes.append("per-step overhead (small kernels, sampling, scheduling) not included: it is not measured yet")
+        notes.append("per-step overhead (sampling, scheduling) not included: it is not measured yet")
     notes.append("time to first token (prefill) is not predicted")
     return notes

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpuprof.models import ModelShape
+
 
 @dataclass(frozen=True)
 class Work:
@@ -31,3 +33,32 @@ def attention_work(batch: int, ctx: float, hq: int, hkv: int, head_dim: int, dty
 def linear_work(m: int, n: int, k: int, dtype_bytes: int) -> Work:
     """y[m, n] = x[m, k] @ W[n, k]^T: the weight, the input and the output once each; 2 m n k FLOPs."""
     return Work(bytes=float(n * k + m * k + m * n) * dtype_bytes, flops=2.0 * m * n * k)
+
+
+# Bookkeeping launches of every step in gpuprof/decode.py (Decoder.step): positions from the lengths (2), page and
+# slot of each new token (4), the token embedding (1); learned positions add an index shift, a lookup and a sum.
+_STEP_BOOKKEEPING = 7
+_LEARNED_POSITIONS = 3
+
+
+def small_kernel_work(model: ModelShape, batch: int, dtype_bytes: int) -> list[tuple[str, Work, int]]:
+    """The step's small kernels as gpuprof's decode runs them: (name, work of one call, calls per step).
+
+    Per layer: residual add + norm twice, rotary + cache write, the activation; then the final add + norm and the
+    bookkeeping. They move kilobytes at decode batch sizes, so their time is mostly their fixed cost per call.
+    """
+    d, size = model.hidden, dtype_bytes
+    qkv = (model.heads + 2 * model.kv_heads) * model.head_dim
+    add_norm = Work(bytes=float(4 * batch * d * size + 4 * d * 4), flops=0.0)  # x, delta in; x, h out; fp32 weight
+    rotary = Work(bytes=float(2 * batch * qkv * size), flops=0.0)
+    inner = model.intermediate
+    act_in = 2 * inner if model.mlp == "gated" else inner
+    activation = Work(bytes=float(batch * (act_in + inner) * size), flops=0.0)
+    bookkeeping = Work(bytes=float(batch * (d * size + 64)), flops=0.0)
+    calls = _STEP_BOOKKEEPING + (0 if model.rotary else _LEARNED_POSITIONS)
+    return [
+        ("add_norm", add_norm, 2 * model.layers + 1),
+        ("rotary_cache_write", rotary, model.layers),
+        ("activation", activation, model.layers),
+        ("bookkeeping", bookkeeping, calls),
+    ]
