@@ -510,7 +510,7 @@ class StepGraph:
     def __init__(self, decoder: Decoder, tokens: torch.Tensor, cache: PagedKVCache, warmup: int = 2) -> None:
         decoder.prepare(tokens.shape[0])  # linear choices are measured eagerly, never under capture
         # Warm-up runs compile kernels and make the first allocations outside capture, on a side stream as
-        # torch.cuda.graphs asks.
+        # torch.cuda.graphs asks; capture then runs on that same stream, whose split-K counters now exist.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -519,7 +519,7 @@ class StepGraph:
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=stream):
             self.logits = decoder.step(tokens, cache)
 
     def replay(self) -> torch.Tensor:

@@ -211,8 +211,9 @@ def _time_graph(fns: Sequence[Callable[[], object]], options: TimingOptions, flu
     flusher = L2Flusher(l2_bytes) if flush else None
 
     def capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        # On the warm-up stream: state a kernel keeps per stream (split-K counters) was made there, outside capture.
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             body()
         return graph
 

@@ -224,6 +224,31 @@ def test_arrival_counters_outgrown_set_stays_allocated():
 
 
 @pytest.mark.gpu
+def test_gpu_split_k_in_a_cuda_graph_needs_a_call_on_the_capture_stream_first():
+    """A counter set made under capture would hold garbage until that graph first replays: refused, clearly."""
+    x, w, b = make_case(4, 2560, 10240, torch.bfloat16, bias=True, device="cuda")
+    config = GemvConfig(16, 32, 256, split_k=8)
+    out = torch.empty(4, 2560, dtype=x.dtype, device="cuda")
+    ref = gemv_fwd(x, w, b, torch.empty_like(out), config).clone()
+    stream = torch.cuda.Stream()
+    with pytest.raises(RuntimeError, match="before any call on the capture stream"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream):
+            gemv_fwd(x, w, b, out, config)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        gemv_fwd(x, w, b, out, config)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        gemv_fwd(x, w, b, out, config)
+    for _ in range(3):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, ref)
+
+
+@pytest.mark.gpu
 def test_gpu_concurrent_streams_use_their_own_counters():
     """Split-K launches on two streams at once must not share arrival counters (a shared set would mix tiles)."""
     x, w, b = make_case(4, 2560, 10240, torch.bfloat16, bias=True, device="cuda")
