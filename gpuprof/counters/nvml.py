@@ -72,7 +72,7 @@ class Device(Protocol):
 
     def gpm_supported(self) -> bool: ...
 
-    def gpm_sample(self) -> object: ...
+    def gpm_sample(self) -> object: ...  # raises NvmlUnavailable, with nothing left allocated, when refused
 
     def gpm_metrics(self, first: object, second: object, ids: Sequence[int]) -> dict[int, float | None]: ...
 
@@ -202,7 +202,7 @@ class NvmlSampler:
         self._t0 = time.perf_counter()
         self._readings = [self.device.read(0.0)]
         self._energy0 = self.device.energy_mj()
-        self._gpm0 = self.device.gpm_sample() if self.gpm else None
+        self._gpm0 = self._gpm_sample() if self.gpm else None
         self._thread = threading.Thread(target=self._sample_until_stopped, name="gpuprof-nvml", daemon=True)
         self._thread.start()
 
@@ -222,8 +222,25 @@ class NvmlSampler:
                                   calls=point.get("counters_window_calls"))
         return summarize(self.last_window)
 
+    def _gpm_sample(self) -> object | None:
+        """A GPM sample, or None after turning GPM off (said once) where the device refuses one."""
+        try:
+            return self.device.gpm_sample()
+        except NvmlUnavailable as e:
+            # A driver can refuse GPM although it reported support (MIG, a busy profiler): the point still
+            # gets power, clocks and energy rather than failing.
+            self.gpm = False
+            self.notify(f"NVML GPM metrics are off on {self.device.name}: {e}; the nvml_*_util columns are left "
+                        "out from here on.")
+            return None
+
     def _gpm_over_window(self, seconds: float) -> dict[int, float | None] | None:
-        gpm1 = self.device.gpm_sample()
+        if self._gpm0 is None:  # GPM was turned off during this window
+            return None
+        gpm1 = self._gpm_sample()
+        if gpm1 is None:
+            self.device.gpm_free(self._gpm0)
+            return None
         try:
             if seconds < GPM_MIN_INTERVAL_S:
                 return None
@@ -269,8 +286,17 @@ class PynvmlDevice:
         return bool(support is not None and support.isSupportedDevice)
 
     def gpm_sample(self) -> object:
-        sample = self._nvml.nvmlGpmSampleAlloc()
-        self._nvml.nvmlGpmSampleGet(self._handle, sample)
+        """A filled GPM sample; NvmlUnavailable (nothing left allocated) where NVML refuses one."""
+        nvml = self._nvml
+        try:
+            sample = nvml.nvmlGpmSampleAlloc()
+        except nvml.NVMLError as e:
+            raise NvmlUnavailable(f"NVML could not allocate a GPM sample ({e})") from None
+        try:
+            nvml.nvmlGpmSampleGet(self._handle, sample)
+        except nvml.NVMLError as e:
+            nvml.nvmlGpmSampleFree(sample)
+            raise NvmlUnavailable(f"NVML refused a GPM sample ({e})") from None
         return sample
 
     def gpm_metrics(self, first: object, second: object, ids: Sequence[int]) -> dict[int, float | None]:
