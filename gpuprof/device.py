@@ -66,6 +66,59 @@ def use_triton_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+def nvml_lookups(props) -> list[tuple[str, str]]:
+    """(pynvml function, key) pairs that find CUDA device `props` in NVML, surest first.
+
+    CUDA numbers devices fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and CUDA_VISIBLE_DEVICES renumbers
+    them; NVML always numbers every device in PCI order. So the UUID (or PCI bus id) names the same GPU in both.
+    """
+    lookups = []
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        # torch prints the bare 8-4-4-4-12 hex form; NVML wants it prefixed (GPU-..., or MIG-... for an instance).
+        lookups.append(("nvmlDeviceGetHandleByUUID", uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"))
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is not None:
+        domain, dev = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
+        lookups.append(("nvmlDeviceGetHandleByPciBusId", f"{domain:08x}:{bus:02x}:{dev:02x}.0"))
+    return lookups
+
+
+def cuda_device_props(index: int):
+    """torch's properties of CUDA device `index`; None where CUDA is not available."""
+    if not cuda_available():
+        return None
+    import torch
+
+    return torch.cuda.get_device_properties(index)
+
+
+def nvml_handle(nvml, index: int, props=None):
+    """NVML's handle for CUDA device `index` (`props`: its torch properties): by UUID, else PCI bus id, else index.
+
+    The index is the last resort: it names the same GPU only with one GPU or CUDA_DEVICE_ORDER=PCI_BUS_ID.
+    """
+    props = cuda_device_props(index) if props is None else props
+    for name, key in nvml_lookups(props) if props is not None else []:
+        lookup = getattr(nvml, name, None)
+        if lookup is None:
+            continue
+        try:
+            return lookup(key)
+        except nvml.NVMLError:
+            continue  # an older driver, or a MIG instance NVML does not hand out this way: try the next key
+    return nvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def current_cuda_index() -> int:
+    """The CUDA device torch runs on now (0 without CUDA)."""
+    if not cuda_available():
+        return 0
+    import torch
+
+    return torch.cuda.current_device()
+
+
 def _nvml_details(index: int) -> dict:
     """Driver and clocks from NVML; empty where NVML is absent or refuses."""
     try:
@@ -77,7 +130,7 @@ def _nvml_details(index: int) -> dict:
     except pynvml.NVMLError:
         return {}
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        h = nvml_handle(pynvml, index)
         out: dict = {"driver": _text(pynvml.nvmlSystemGetDriverVersion())}
         for key, fn, clock in (
             ("sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM),

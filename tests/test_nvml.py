@@ -326,6 +326,23 @@ def test_make_collectors(monkeypatch):
     assert make_collectors(["nvml"], notify=said.append) == [] and len(said) == 1
 
 
+def test_make_collectors_samples_torchs_current_device(monkeypatch):
+    from gpuprof import device
+
+    opened = []
+    monkeypatch.setattr(device, "current_cuda_index", lambda: 2)
+    monkeypatch.setattr(NvmlSampler, "open", classmethod(lambda cls, index=0, **kw: opened.append(index)))
+    make_collectors(["nvml"])
+    assert opened == [2]
+
+
+def test_open_device_finds_the_cuda_device_by_uuid():
+    fake = _fake_nvml()
+    fake.nvmlDeviceGetHandleByUUID = lambda uuid: f"by-{uuid}"
+    device = nvml.open_device(1, fake, props=types.SimpleNamespace(uuid="58f2b1a4-0c1d"))
+    assert device._handle == "by-GPU-58f2b1a4-0c1d"
+
+
 def test_a_collector_without_a_window_length_gets_one_batch_of_calls():
     class Constant:
         def start(self, point):

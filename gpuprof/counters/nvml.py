@@ -8,7 +8,8 @@ moves in coarse steps. `summarize` turns one window's raw readings into record c
 tested on the CPU with readings recorded from a real device (tests/data/nvml/).
 
 GPM needs Hopper or newer; where it is missing, or NVML itself is, the sampler says so once and the benchmark goes
-on without those columns. NVML numbers devices like CUDA does when CUDA_DEVICE_ORDER=PCI_BUS_ID (or with one GPU).
+on without those columns. The sampler watches the CUDA device the benchmark runs on: NVML's numbering differs
+from CUDA's, so the device is found by its UUID (gpuprof.device.nvml_handle).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class NvmlSampler:
 
     @classmethod
     def open(cls, index: int = 0, notify: Callable[[str], None] = _stderr, nvml: object = None, **options):
-        """A sampler on NVML device `index`, or None (said once through `notify`) where NVML cannot be used."""
+        """A sampler on CUDA device `index`, or None (said once through `notify`) where NVML cannot be used."""
         try:
             device = open_device(index, nvml)
         except NvmlUnavailable as e:
@@ -266,9 +267,11 @@ def _text(value: str | bytes) -> str:
 class PynvmlDevice:
     """The Device protocol on nvidia-ml-py (pynvml)."""
 
-    def __init__(self, nvml, index: int) -> None:
+    def __init__(self, nvml, index: int, props=None) -> None:
+        from gpuprof.device import nvml_handle
+
         self._nvml = nvml
-        self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self._handle = nvml_handle(nvml, index, props)  # CUDA's device `index`, whatever NVML numbers it
         self.name = _text(nvml.nvmlDeviceGetName(self._handle))
 
     def _query(self, fn_name: str, *args):
@@ -346,8 +349,9 @@ class PynvmlDevice:
             pass
 
 
-def open_device(index: int = 0, nvml: object = None) -> PynvmlDevice:
-    """NVML device `index`; NvmlUnavailable says why not."""
+def open_device(index: int = 0, nvml: object = None, props=None) -> PynvmlDevice:
+    """CUDA device `index` in NVML (`props`: its torch properties, asked of torch if None); NvmlUnavailable says
+    why not."""
     if nvml is None:
         try:
             import pynvml as nvml
@@ -358,10 +362,10 @@ def open_device(index: int = 0, nvml: object = None) -> PynvmlDevice:
     except nvml.NVMLError as e:
         raise NvmlUnavailable(f"NVML did not start ({e}); is an NVIDIA driver loaded?") from None
     try:
-        return PynvmlDevice(nvml, index)
+        return PynvmlDevice(nvml, index, props)
     except nvml.NVMLError as e:
         nvml.nvmlShutdown()
-        raise NvmlUnavailable(f"NVML has no device {index} ({e})") from None
+        raise NvmlUnavailable(f"NVML does not find CUDA device {index} ({e})") from None
 
 
 def record_window(out: str, seconds: float = 2.0) -> dict:
@@ -372,13 +376,13 @@ def record_window(out: str, seconds: float = 2.0) -> dict:
     import torch
 
     from gpuprof.bench import measure_point
-    from gpuprof.device import info, require_gpu, software_versions
+    from gpuprof.device import current_cuda_index, info, require_gpu, software_versions
     from gpuprof.harness import TimingOptions
     from gpuprof.ops import get_op
 
     require_gpu("recording NVML test data")
     gpu = info()
-    sampler = NvmlSampler.open(min_window_s=seconds)
+    sampler = NvmlSampler.open(current_cuda_index(), min_window_s=seconds)
     if sampler is None:
         raise SystemExit("NVML is not usable here; nothing recorded.")
     point = measure_point(get_op("copy"), "torch", {"n": 1 << 29}, "bf16", device="cuda",
