@@ -13,7 +13,8 @@ from gpuprof.records import command_line, write_json
 
 
 @click.command("peaks")
-@click.option("--out", type=click.Path(path_type=Path), help="Where to write peaks.json [traces/<gpu-slug>/peaks.json].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where to write peaks.json [traces/<gpu-slug>/peaks.json; peaks-quick.json with --quick].")
 @click.option("--show", is_flag=True, help="Only show the ceilings reports would use (measured file, else datasheet).")
 @click.option("--gpu", "gpu_name", help="With --show: the GPU name to look up, where this machine has none.")
 @click.option("--quick", is_flag=True, help="Smaller copy (256 MiB) and matmul (4096^3): a rough check in seconds.")
@@ -34,10 +35,10 @@ def command(out: Path | None, show: bool, gpu_name: str | None, quick: bool, as_
     require_gpu("gpuprof peaks")
     gpu = info()
     size = {"copy_bytes": 1 << 28, "matmul": 4096} if quick else {}
-    result = peaks_lib.measure(
-        gpu, command_line(), git_commit(), progress=lambda k: console.print(f"measuring {k} ...", style="dim"), **size
-    )
-    path = out or peaks_lib.default_path(gpu.name)
+    result = peaks_lib.measure(gpu, command_line(), git_commit(), quick=quick,
+                               progress=lambda k: console.print(f"measuring {k} ...", style="dim"), **size)
+    # A rough --quick check must not replace the ceilings every report divides by.
+    path = out or peaks_lib.default_path(gpu.name, quick=quick)
     write_json(path, result)
     if as_json:
         print_json(result)
