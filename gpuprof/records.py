@@ -149,6 +149,9 @@ def write_csv(points: Iterable[Mapping], path: Path) -> None:
             writer.writerow({k: _clean(p.get(k)) for k in columns})
 
 
+NEW_OUT = "choose a new --out directory, or delete the old one"
+
+
 @dataclass
 class Run:
     """One run directory: traces/<gpu-slug>/<run-id>/ with manifest.json and points.jsonl."""
@@ -164,13 +167,15 @@ class Run:
         return self.path / "points.jsonl"
 
     @classmethod
-    def create(cls, path: Path, manifest: Mapping) -> Run:
+    def create(cls, path: Path, manifest: Mapping, if_exists: str = NEW_OUT) -> Run:
+        """A new run directory; `if_exists` tells the user what to do when `path` already holds one (only the
+        commands that can resume a run should suggest it)."""
         missing = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing:
             raise ValueError(f"manifest lacks {missing}")
         path = Path(path)
         if (path / "points.jsonl").exists():
-            raise GpuprofError(f"{path} already holds a run; pass --resume to finish it, or choose another --out.")
+            raise GpuprofError(f"{path} already holds a run; {if_exists}.")
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "manifest.json", dict(manifest))
         (path / "points.jsonl").touch()

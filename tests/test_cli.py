@@ -86,3 +86,12 @@ def test_bench_on_cpu_writes_a_run(tmp_path, monkeypatch):
     assert manifest["grid"]["kernel"] == "matmul" and manifest["command"] == "gpuprof bench matmul"
     assert len((out / "points.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "p.csv").read_text().startswith("kernel,impl")
+
+
+def test_bench_over_an_existing_run_says_what_to_do(tmp_path):
+    args = ("bench", "copy", "--n", "64", "--dtype", "fp32", "--device", "cpu", "--impl", "torch",
+            "--max-time", "0.01", "--out", str(tmp_path / "run"))
+    assert invoke(*args).exit_code == 0
+    r = invoke(*args)
+    assert r.exit_code == 1 and "choose a new --out directory, or delete the old one" in r.output
+    assert "--resume" not in r.output

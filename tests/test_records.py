@@ -49,8 +49,11 @@ def test_run_roundtrip_and_resume(tmp_path):
 
 def test_create_refuses_existing_run(tmp_path):
     Run.create(tmp_path, MANIFEST)
-    with pytest.raises(GpuprofError, match="--resume"):
+    with pytest.raises(GpuprofError, match="choose a new --out directory, or delete the old one") as error:
         Run.create(tmp_path, MANIFEST)
+    assert "--resume" not in str(error.value)  # only commands that can resume say so
+    with pytest.raises(GpuprofError, match="already holds a run; pass --resume to finish it"):
+        Run.create(tmp_path, MANIFEST, if_exists="pass --resume to finish it")
 
 
 def test_open_refuses_non_run(tmp_path):

@@ -33,7 +33,7 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
                                "resume with the same settings or choose another --out.")
         run.repair()
         return run
-    return Run.create(out, new_manifest(gpu, peaks, grid))
+    return Run.create(out, new_manifest(gpu, peaks, grid), if_exists="pass --resume to finish it, or choose another --out")
 
 
 def linear_list(text: str) -> list[str]:
