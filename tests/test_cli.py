@@ -95,3 +95,15 @@ def test_bench_over_an_existing_run_says_what_to_do(tmp_path):
     r = invoke(*args)
     assert r.exit_code == 1 and "choose a new --out directory, or delete the old one" in r.output
     assert "--resume" not in r.output
+
+
+@pytest.mark.parametrize("flag, target, message", [
+    ("--csv", "", "is a directory; name a file."),
+    ("--csv", "f.txt/p.csv", "f.txt is a file, not a directory."),
+    ("--out", "f.txt", "is a file; name a directory."),
+])
+def test_bench_refuses_unwritable_outputs_before_measuring(tmp_path, monkeypatch, flag, target, message):
+    (tmp_path / "f.txt").write_text("x")
+    monkeypatch.setattr("gpuprof.cli.bench.measure_point", lambda *a, **k: pytest.fail("measured first"))
+    r = invoke("bench", "copy", "--n", "64", "--device", "cpu", "--impl", "torch", flag, str(tmp_path / target))
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output

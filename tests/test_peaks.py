@@ -67,10 +67,8 @@ def test_a_quick_peaks_file_passed_explicitly_is_labelled_rough(tmp_path):
     assert p["quick"] is True and "quick rough check" in p["source"] and str(path) in p["source"]
 
 
-def test_cli_peaks_quick_writes_beside_the_full_ceilings(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from gpuprof.cli import main
+def _fake_gpu(monkeypatch):
+    """`gpuprof peaks` on a pretend H100; returns what measure was asked."""
     from gpuprof.cli import peaks as cli_peaks
     from gpuprof.device import GPUInfo
 
@@ -86,11 +84,31 @@ def test_cli_peaks_quick_writes_beside_the_full_ceilings(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_peaks, "require_gpu", lambda what: None)
     monkeypatch.setattr(cli_peaks, "info", lambda: gpu)
     monkeypatch.setattr(cli_peaks.peaks_lib, "measure", fake_measure)
+    return asked
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from gpuprof.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_peaks_quick_writes_beside_the_full_ceilings(tmp_path, monkeypatch):
+    asked = _fake_gpu(monkeypatch)
     monkeypatch.chdir(tmp_path)
     full = peaks.default_path(H100)
     full.parent.mkdir(parents=True)
     full.write_text("the full ceilings")
-    r = CliRunner().invoke(main, ["peaks", "--quick"])
+    r = _cli("peaks", "--quick")
     assert r.exit_code == 0, r.output
     assert full.read_text() == "the full ceilings" and asked == [(True, {"copy_bytes": 1 << 28, "matmul": 4096})]
     assert json.loads(peaks.default_path(H100, quick=True).read_text())["peaks"]["quick"] is True
+
+
+def test_cli_peaks_refuses_an_unwritable_out_before_measuring(tmp_path, monkeypatch):
+    asked = _fake_gpu(monkeypatch)
+    r = _cli("peaks", "--out", str(tmp_path))
+    assert r.exit_code == 1 and "is a directory; name a file." in r.output and "Traceback" not in r.output
+    assert asked == []

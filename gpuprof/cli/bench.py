@@ -16,7 +16,7 @@ from gpuprof.device import git_commit, info, require_gpu, software_versions, use
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import OPS, get_op
-from gpuprof.records import SHAPE_KEYS, Run, new_manifest, write_csv
+from gpuprof.records import SHAPE_KEYS, Run, check_writable, new_manifest, write_csv
 
 COLUMNS = (
     ("kernel", "impl", "dtype") + SHAPE_KEYS
@@ -99,6 +99,7 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
         use_triton_interpreter()
     ncu_path = ncu.find_ncu() if "ncu" in counters else None
     dts = name_list(dtypes)
+    check_outputs(out, csv_path)
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
@@ -137,6 +138,14 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     print_table(points, COLUMNS, title=title)
     if peaks:
         console.print(f"ceilings: copy {peaks['copy_gbps']:.0f} GB/s, source {peaks['source']}", style="dim")
+
+
+def check_outputs(out: Path | None, csv_path: Path | None) -> None:
+    """Refuse unwritable --out / --csv before measuring, not after minutes of it."""
+    if out:
+        check_writable(out, "--out", directory=True)
+    if csv_path:
+        check_writable(csv_path, "--csv")
 
 
 def counter_names(text: str, device: str) -> list[str]:

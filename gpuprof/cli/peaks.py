@@ -9,7 +9,7 @@ import click
 from gpuprof import peaks as peaks_lib
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.device import git_commit, info, require_gpu
-from gpuprof.records import command_line, write_json
+from gpuprof.records import check_writable, command_line, write_json
 
 
 @click.command("peaks")
@@ -34,11 +34,12 @@ def command(out: Path | None, show: bool, gpu_name: str | None, quick: bool, as_
         return
     require_gpu("gpuprof peaks")
     gpu = info()
+    # A rough --quick check must not replace the ceilings every report divides by.
+    path = out or peaks_lib.default_path(gpu.name, quick=quick)
+    check_writable(path, "--out")  # before the measuring, not after it
     size = {"copy_bytes": 1 << 28, "matmul": 4096} if quick else {}
     result = peaks_lib.measure(gpu, command_line(), git_commit(), quick=quick,
                                progress=lambda k: console.print(f"measuring {k} ...", style="dim"), **size)
-    # A rough --quick check must not replace the ceilings every report divides by.
-    path = out or peaks_lib.default_path(gpu.name, quick=quick)
     write_json(path, result)
     if as_json:
         print_json(result)
