@@ -62,6 +62,10 @@ def test_peaks_show_datasheet(no_gpu, tmp_path, monkeypatch):
         (("bench", "matmul", "--m", "0", "--device", "cpu"), "positive"),
         (("bench", "copy", "--impl", "foo", "--device", "cpu", "--n", "4"), "no implementation foo"),
         (("bench", "copy", "--dtype", "fp8", "--device", "cpu", "--n", "4"), "unknown dtype 'fp8'"),
+        (("bench", "copy", "--device", "cpu"), "copy needs --n (elements); for example --n 100000000."),
+        (("bench", "read", "--device", "cpu"), "read needs --n (elements); for example --n 100000000."),
+        (("bench", "matmul", "--m", "4", "--device", "cpu"),
+         "matmul needs --n (columns of B and C), --k (columns of A, rows of B); for example --m 1,64"),
     ],
 )
 def test_bench_bad_input(args, message):
