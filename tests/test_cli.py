@@ -62,13 +62,17 @@ def test_peaks_show_datasheet(no_gpu, tmp_path, monkeypatch):
         (("bench", "matmul", "--m", "0", "--device", "cpu"), "positive"),
         (("bench", "copy", "--impl", "foo", "--device", "cpu", "--n", "4"), "no implementation foo"),
         (("bench", "copy", "--dtype", "fp8", "--device", "cpu", "--n", "4"), "unknown dtype 'fp8'"),
+        (("bench", "copy", "--impl", " , ", "--device", "cpu", "--n", "4"), "--impl needs at least one"),
+        (("bench", "copy", "--dtype", "", "--device", "cpu", "--n", "4"), "--dtype needs at least one dtype"),
+        (("bench", "copy", "--dtype", "fp32,fp8", "--device", "cpu", "--n", "4"), "unknown dtype 'fp8'"),
         (("bench", "copy", "--device", "cpu"), "copy needs --n (elements); for example --n 100000000."),
         (("bench", "read", "--device", "cpu"), "read needs --n (elements); for example --n 100000000."),
         (("bench", "matmul", "--m", "4", "--device", "cpu"),
          "matmul needs --n (columns of B and C), --k (columns of A, rows of B); for example --m 1,64"),
     ],
 )
-def test_bench_bad_input(args, message):
+def test_bench_bad_input(args, message, monkeypatch):
+    monkeypatch.setattr("gpuprof.cli.bench.measure_point", lambda *a, **k: pytest.fail("measured a point first"))
     r = invoke(*args)
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 

@@ -16,6 +16,7 @@ from gpuprof.device import git_commit, info, require_gpu, software_versions, use
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import OPS, get_op
+from gpuprof.ops.base import DTYPES
 from gpuprof.records import SHAPE_KEYS, Run, check_writable, new_manifest, write_csv
 
 COLUMNS = (
@@ -91,14 +92,11 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
-    chosen = list(op.impls) if impls == "all" else name_list(impls)
-    unknown = [i for i in chosen if i not in op.impls]
-    if unknown:
-        raise GpuprofError(f"{kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
+    chosen = impl_list(op, impls)
     if device == "cpu" and "triton" in chosen:
         use_triton_interpreter()
     ncu_path = ncu.find_ncu() if "ncu" in counters else None
-    dts = name_list(dtypes)
+    dts = dtype_list(dtypes)
     check_outputs(out, csv_path)
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
     gpu = info() if device == "cuda" else None
@@ -138,6 +136,28 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     print_table(points, COLUMNS, title=title)
     if peaks:
         console.print(f"ceilings: copy {peaks['copy_gbps']:.0f} GB/s, source {peaks['source']}", style="dim")
+
+
+def impl_list(op, text: str) -> list[str]:
+    """--impl: 'all' or a comma list of the op's implementations; at least one."""
+    chosen = list(op.impls) if text.strip() == "all" else name_list(text)
+    if not chosen:
+        raise GpuprofError(f"--impl needs at least one implementation of {op.kernel}: {', '.join(op.impls)}, or all.")
+    unknown = [i for i in chosen if i not in op.impls]
+    if unknown:
+        raise GpuprofError(f"{op.kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
+    return chosen
+
+
+def dtype_list(text: str) -> list[str]:
+    """--dtype: a comma list of known dtypes, checked before any point runs (not when the first bad one does)."""
+    names = name_list(text)
+    if not names:
+        raise GpuprofError(f"--dtype needs at least one dtype: {', '.join(DTYPES)}.")
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown:
+        raise GpuprofError(f"unknown dtype {unknown[0]!r}; valid dtypes are {', '.join(DTYPES)}.")
+    return names
 
 
 def check_outputs(out: Path | None, csv_path: Path | None) -> None:
