@@ -95,6 +95,13 @@ def target_command(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
+def check_nvtx(command: Sequence[str], nvtx_include: str | None) -> None:
+    """Refuse to filter a gpuprof command by NVTX range where the nvtx package, which marks its ranges, is missing."""
+    if nvtx_include and command and Path(command[0]).name == "gpuprof" and not nvtx.available():
+        raise GpuprofError("the nvtx package is not installed, so gpuprof marks no launches for ncu's NVTX filter; "
+                           "install it (pip install nvtx).")
+
+
 def run(
     request: Request,
     runner: Runner | None = None,
@@ -109,9 +116,7 @@ def run(
     ncu_path = ncu_path or ncu.find_ncu()
     metrics = ncu.metrics_for(request.sets, request.extra_metrics, compute_capability)
     command = target_command(request.command)
-    if request.nvtx_include and Path(request.command[0]).name == "gpuprof" and not nvtx.available():
-        raise GpuprofError("the nvtx package is not installed, so gpuprof marks no launches for ncu's NVTX filter; "
-                           "install it (pip install nvtx).")
+    check_nvtx(request.command, request.nvtx_include)
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     report, log, child_points = out / "report.ncu-rep", out / "ncu.log", out / "child-points.jsonl"

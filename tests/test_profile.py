@@ -242,6 +242,54 @@ def test_bench_counters_ncu_needs_ncu(monkeypatch, tmp_path):
     assert r.exit_code == 1 and "`ncu` was not found" in r.output
 
 
+def _bench_with_ncu(monkeypatch, tmp_path, profile_run=None):
+    """`gpuprof bench ... --counters ncu` on a pretend GPU with a pretend ncu; returns the points measured."""
+    import gpuprof.cli.bench as cli_bench
+
+    gpu = GPUInfo(name="NVIDIA H100 80GB HBM3", sm_count=132, memory_bytes=80 << 30, l2_bytes=50 << 20,
+                  driver=None, cuda=None, compute_capability="9.0")
+    measured = []
+
+    def fake_point(op, impl, shape, dtype, **kw):
+        point = {"kernel": op.kernel, "impl": impl, "dtype": dtype, **shape, "status": "ok", "time_us": 10.0}
+        measured.append(point)
+        return point
+
+    monkeypatch.setattr(cli_bench, "require_gpu", lambda what: None)
+    monkeypatch.setattr(cli_bench, "info", lambda: gpu)
+    monkeypatch.setattr(cli_bench.ncu, "find_ncu", lambda: "ncu")
+    monkeypatch.setattr(cli_bench, "measure_point", fake_point)
+    monkeypatch.setattr(cli_bench.profile_lib, "run", profile_run or (lambda *a, **k: pytest.fail("profiled")))
+    monkeypatch.chdir(tmp_path)
+    return measured
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ncu-set", "nope"], "unknown metric set 'nope'"),
+    ([], "the nvtx package is not installed"),
+])
+def test_bench_counters_ncu_refuses_before_timing(monkeypatch, tmp_path, args, message):
+    measured = _bench_with_ncu(monkeypatch, tmp_path)
+    monkeypatch.setattr(nvtx, "available", lambda: not message.startswith("the nvtx"))
+    r = CliRunner().invoke(main, ["bench", "copy", "--n", "8", "--counters", "ncu", *args])
+    assert r.exit_code == 1 and message in r.output and measured == []
+
+
+def test_bench_keeps_its_timed_rows_when_profiling_fails(monkeypatch, tmp_path):
+    def fail(*args, **kwargs):
+        raise GpuprofError("ncu failed: Profiling failed because a driver resource was unavailable.")
+
+    _bench_with_ncu(monkeypatch, tmp_path, profile_run=fail)
+    monkeypatch.setattr(nvtx, "available", lambda: True)
+    r = CliRunner().invoke(main, ["bench", "copy", "--n", "8,16", "--counters", "ncu", "--out", "run",
+                                  "--csv", "p.csv", "--json"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "warning: the rows have no ncu columns: ncu failed: Profiling failed" in r.output
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3
+    assert len(read_points(tmp_path / "run" / "points.jsonl")) == 2
+    assert '"time_us": 10.0' in r.output  # the JSON of the timed rows was printed
+
+
 def test_bench_command_for_the_profiled_rerun():
     from gpuprof.cli.bench import bench_command
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
+from gpuprof import nvtx
 from gpuprof import profile as profile_lib
 from gpuprof.bench import measure_point
 from gpuprof.cli.output import console, print_json, print_table
@@ -96,9 +97,13 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     if device == "cpu" and "triton" in chosen:
         use_triton_interpreter()
     ncu_path = ncu.find_ncu() if "ncu" in counters else None
+    ncu_sets = ncu.metric_sets(ncu_set) if ncu_path else None
     dts = dtype_list(dtypes)
     check_outputs(out, csv_path)
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
+    profiled_command = bench_command(kernel, chosen, dts, shape_lists, max_time)
+    if ncu_path:  # what would stop the profiled run, said before minutes of timing rather than after
+        profile_lib.check_nvtx(profiled_command, nvtx.MEASURE_FILTER)
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
     run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks, counters) if out else None
@@ -114,19 +119,29 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
             run.append(p)
     for c in collectors:
         c.close()
+    profiling_failed = False
     if ncu_path:
         try:
             profiled = profile_lib.run(
-                profile_lib.Request(command=bench_command(kernel, chosen, dts, shape_lists, max_time),
-                                    out=(out / "ncu") if out else profile_lib.default_out(gpu.name),
-                                    sets=ncu.metric_sets(ncu_set)),
+                profile_lib.Request(command=profiled_command,
+                                    out=(out / "ncu") if out else profile_lib.default_out(gpu.name), sets=ncu_sets),
                 ncu_path=ncu_path, compute_capability=float(gpu.compute_capability), gpu=gpu.manifest(),
                 versions=software_versions(), git_commit=git_commit())
             profile_lib.merge(points, profiled.points)
             click.echo(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", err=True)
+        except GpuprofError as e:  # the timed points are still worth their CSV, JSON and table
+            profiling_failed = True
+            click.echo(f"warning: the rows have no ncu columns: {e}", err=True)
         finally:  # the timed points are kept even when profiling fails
             for p in points if run else []:
                 run.append(p)
+    show_points(points, kernel, gpu, peaks, csv_path, as_json)
+    if profiling_failed:
+        raise click.exceptions.Exit(1)
+
+
+def show_points(points: list[dict], kernel: str, gpu, peaks, csv_path: Path | None, as_json: bool) -> None:
+    """The points as CSV (if asked), then as JSON or as a table."""
     if csv_path:
         write_csv(points, csv_path)
     if as_json:
