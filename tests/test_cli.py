@@ -88,12 +88,17 @@ def test_bench_on_cpu_writes_a_run(tmp_path, monkeypatch):
     r = invoke("bench", "matmul", "--m", "4,8", "--n", "16", "--k", "32", "--dtype", "fp32",
                "--device", "cpu", "--max-time", "0.05", "--out", str(out), "--csv", str(tmp_path / "p.csv"), "--json")
     assert r.exit_code == 0, r.output
-    points = json.loads(r.output)
+    printed = json.loads(r.output)
+    points = printed["points"]
     assert [p["m"] for p in points] == [4, 8] and all(p["status"] == "ok" for p in points)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["grid"]["kernel"] == "matmul" and manifest["command"] == "gpuprof bench matmul"
     assert len((out / "points.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "p.csv").read_text().startswith("kernel,impl")
+    # the same run metadata travels with the CSV and the JSON
+    assert json.loads((tmp_path / "p.csv.manifest.json").read_text()) == manifest == printed["manifest"]
+    assert manifest["versions"]["torch"] and manifest["grid"]["shapes"] == [{"m": 4, "n": 16, "k": 32},
+                                                                            {"m": 8, "n": 16, "k": 32}]
 
 
 def test_bench_over_an_existing_run_says_what_to_do(tmp_path):

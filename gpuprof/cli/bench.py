@@ -18,7 +18,7 @@ from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import OPS, get_op
 from gpuprof.ops.base import DTYPES
-from gpuprof.records import SHAPE_KEYS, Run, check_writable, new_manifest, write_csv
+from gpuprof.records import SHAPE_KEYS, Run, check_writable, new_manifest, write_csv, write_json
 
 COLUMNS = (
     ("kernel", "impl", "dtype") + SHAPE_KEYS
@@ -77,7 +77,8 @@ def _shape_options(f):
 @click.option("--impl", "impls", default="all", show_default=True, help="Implementations, comma-separated, or all.")
 @click.option("--dtype", "dtypes", default="bf16", show_default=True, help="fp16, bf16 or fp32, comma-separated.")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write a run directory (manifest + points.jsonl).")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the points as CSV.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
+              help="Also write the points as CSV, and the run's manifest beside it as <csv>.manifest.json.")
 @click.option("--max-time", default=2.0, show_default=True, help="Seconds of timed repetitions per point, at most.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu checks correctness only (Triton through TRITON_INTERPRET=1); its times are not GPU times.")
@@ -85,7 +86,7 @@ def _shape_options(f):
               help="Hardware counters to add to the rows, comma-separated: nvml (device sampling over a window of "
                    "back-to-back calls after timing), ncu (a second, untimed run under Nsight Compute).")
 @click.option("--ncu-set", default="speed-of-light", show_default=True, help="With --counters ncu: metric sets.")
-@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"manifest": ..., "points": [...]} as JSON.')
 def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_text, ncu_set, as_json,
             **shape_lists) -> None:
     """Check every implementation of KERNEL against its reference, then time it, on each shape of the grid."""
@@ -100,13 +101,19 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     ncu_sets = ncu.metric_sets(ncu_set) if ncu_path else None
     dts = dtype_list(dtypes)
     check_outputs(out, csv_path)
+    if csv_path:
+        check_writable(csv_manifest_path(csv_path), "--csv")
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
     profiled_command = bench_command(kernel, chosen, dts, shape_lists, max_time)
     if ncu_path:  # what would stop the profiled run, said before minutes of timing rather than after
         profile_lib.check_nvtx(profiled_command, nvtx.MEASURE_FILTER)
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
-    run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks, counters) if out else None
+    # One manifest for the run directory, the CSV's sidecar and the JSON: rows are useless without their GPU,
+    # versions and ceilings.
+    manifest = new_manifest(gpu, peaks, {"kernel": kernel, "impls": chosen, "dtypes": dts, "shapes": grid,
+                                         "counters": counters})
+    run = Run.create(out, manifest) if out else None
     options = TimingOptions(max_time_s=max_time)
     collectors = make_collectors([n for n in counters if n != "ncu"], notify=lambda m: click.echo(m, err=True))
     points = []
@@ -135,20 +142,27 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
         finally:  # the timed points are kept even when profiling fails
             for p in points if run else []:
                 run.append(p)
-    show_points(points, kernel, gpu, peaks, csv_path, as_json)
+    show_points(points, manifest, csv_path, as_json)
     if profiling_failed:
         raise click.exceptions.Exit(1)
 
 
-def show_points(points: list[dict], kernel: str, gpu, peaks, csv_path: Path | None, as_json: bool) -> None:
-    """The points as CSV (if asked), then as JSON or as a table."""
+def csv_manifest_path(csv_path: Path) -> Path:
+    """Where the manifest of a --csv file goes: beside it, `<csv>.manifest.json`."""
+    return csv_path.with_name(csv_path.name + ".manifest.json")
+
+
+def show_points(points: list[dict], manifest: dict, csv_path: Path | None, as_json: bool) -> None:
+    """The points as CSV with its manifest beside it (if asked), then as JSON {manifest, points} or as a table."""
     if csv_path:
         write_csv(points, csv_path)
+        write_json(csv_manifest_path(csv_path), manifest)
     if as_json:
-        print_json(points)
+        print_json({"manifest": manifest, "points": points})
         return
-    title = f"{kernel} on {gpu.name}" if gpu else f"{kernel} on the CPU (correctness only; times are not GPU times)"
-    print_table(points, COLUMNS, title=title)
+    kernel, gpu, peaks = manifest["grid"]["kernel"], manifest["gpu"], manifest["peaks"]
+    where = gpu["name"] if gpu else "the CPU (correctness only; times are not GPU times)"
+    print_table(points, COLUMNS, title=f"{kernel} on {where}")
     if peaks:
         console.print(f"ceilings: copy {peaks['copy_gbps']:.0f} GB/s, source {peaks['source']}", style="dim")
 
@@ -203,7 +217,3 @@ def bench_command(kernel: str, impls: list[str], dtypes: list[str], shape_lists:
             argv += [f"--{key.replace('_', '-')}", values]
     return argv
 
-
-def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks, counters) -> Run:
-    grid = {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid, "counters": counters}
-    return Run.create(out, new_manifest(gpu, peaks, grid))
