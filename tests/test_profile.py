@@ -4,6 +4,7 @@ The fake plays back tests/data/ncu/ (hand-made in ncu's documented layout; see i
 """
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from gpuprof import device, nvtx
 from gpuprof import profile as profile_lib
 from gpuprof.cli import main
+from gpuprof.cli.bench import int_list
 from gpuprof.counters import ncu
 from gpuprof.device import GPUInfo
 from gpuprof.errors import GpuprofError
@@ -164,8 +166,31 @@ def test_target_command():
     assert profile_lib.target_command(["gpuprof", "bench", "copy"]) == [sys.executable, "-m", "gpuprof", "bench", "copy"]
     assert profile_lib.target_command(["/usr/bin/gpuprof", "info"])[:3] == [sys.executable, "-m", "gpuprof"]
     assert profile_lib.target_command(["./app", "x"]) == ["./app", "x"]
-    with pytest.raises(GpuprofError, match="after `--`"):
+    with pytest.raises(GpuprofError, match="after `--`") as error:
         profile_lib.target_command([])
+    # the example must be a command bench accepts
+    example = shlex.split(str(error.value).split("e.g. ", 1)[1].rstrip("."))
+    n = example[example.index("--n") + 1]
+    assert example[:5] == ["gpuprof", "profile", "--", "gpuprof", "bench"] and int_list(n, "n") == [100000000]
+
+
+def test_profile_refuses_an_out_holding_another_kind_of_run(tmp_path):
+    from gpuprof.records import Run
+
+    bench_run = Run.create(tmp_path / "prof", {"gpu": None, "versions": {}, "git_commit": None, "command": "x",
+                                               "started_at": "t", "peaks": None, "grid": {"kernel": "copy"}})
+    bench_run.append({"kernel": "copy", "time_us": 1.0})
+    fake = FakeNcu()
+    with pytest.raises(GpuprofError, match="not a profile run.*choose another --out") as error:
+        profile_lib.run(request(tmp_path), runner=fake, ncu_path="/opt/ncu")
+    assert "\n" not in str(error.value) and fake.runs == []
+    assert len(bench_run.points()) == 1  # its points are still there
+
+
+def test_profile_may_profile_over_an_earlier_profile_run(tmp_path):
+    profile_lib.run(request(tmp_path), runner=FakeNcu(), ncu_path="/opt/ncu")
+    again = profile_lib.run(request(tmp_path), runner=FakeNcu(), ncu_path="/opt/ncu")
+    assert len(again.points) == 2 and len(read_points(tmp_path / "prof" / "points.jsonl")) == 2
 
 
 def test_child_session_from_environment(tmp_path):
