@@ -1,3 +1,5 @@
+import re
+import subprocess
 import types
 
 import pynvml
@@ -23,6 +25,8 @@ def test_gpu_slug(name, slug):
         ("NVIDIA H200", "H200 SXM 141GB"),
         ("NVIDIA A100-SXM4-80GB", "A100 SXM4 80GB"),
         ("NVIDIA A100-SXM4-40GB", "A100 SXM4 40GB"),
+        ("NVIDIA A100 80GB PCIe", "A100 PCIe 80GB"),
+        ("NVIDIA A100-PCIE-40GB", "A100 PCIe 40GB"),
         ("NVIDIA L40S", "L40S"),
         ("NVIDIA L4", "L4"),
         ("NVIDIA GeForce RTX 4090", "RTX 4090"),
@@ -33,6 +37,33 @@ def test_gpu_slug(name, slug):
 def test_datasheet_lookup(name, entry):
     found = device.datasheet_for(name)
     assert (found.name if found else None) == entry
+    # the answer must not hang on the table's order: no other entry matches the name too
+    assert len([d for d in device.DATASHEETS if re.search(d.pattern, name.lower())]) == (1 if entry else 0)
+
+
+def test_a100_80gb_pcie_has_its_own_bandwidth():
+    assert device.datasheet_for("NVIDIA A100 80GB PCIe").memory_gbps == 1935
+    assert device.datasheet_for("NVIDIA A100-SXM4-80GB").memory_gbps == 2039
+
+
+def _git_repo(path, setup_name):
+    path.mkdir(parents=True)
+    (path / "setup.py").write_text(f'setup(name="{setup_name}")\n')
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    subprocess.run([*git, "-C", str(path), "add", "setup.py"], check=True)
+    subprocess.run([*git, "-C", str(path), "commit", "-qm", "x"], check=True)
+    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def test_git_commit_only_of_gpuprofs_own_repository(tmp_path):
+    head = _git_repo(tmp_path / "gpuprof", "gpuprof")
+    assert device.git_commit(tmp_path / "gpuprof") == head
+    _git_repo(tmp_path / "project", "someone-elses-app")
+    installed = tmp_path / "project" / ".venv" / "lib" / "site-packages"  # gpuprof installed inside that project
+    installed.mkdir(parents=True)
+    assert device.git_commit(installed) is None
+    assert device.git_commit(tmp_path) is None  # no repository at all
 
 
 def test_every_datasheet_entry_names_its_source():
