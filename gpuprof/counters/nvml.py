@@ -236,8 +236,6 @@ class NvmlSampler:
             return None
 
     def _gpm_over_window(self, seconds: float) -> dict[int, float | None] | None:
-        if self._gpm0 is None:  # GPM was turned off during this window
-            return None
         gpm1 = self._gpm_sample()
         if gpm1 is None:
             self.device.gpm_free(self._gpm0)
