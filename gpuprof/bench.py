@@ -164,10 +164,14 @@ def _count(collectors: Sequence[Collector], fns, sync, point: dict) -> dict:
     """The collectors' columns over one window of back-to-back calls (see Collector)."""
     seconds = max(getattr(c, "min_window_s", 0.0) for c in collectors)  # 0: one batch of calls will do
     call_s = point["time_us"] * 1e-6
-    for c in collectors:
-        c.start(point)
+    started: list[Collector] = []
     calls, elapsed = 0, 0.0
     try:
+        # Starting inside the try: when one collector fails to start, those already started (a sampling thread)
+        # are still stopped, and the failure ends up in the point's record.
+        for c in collectors:
+            _collector_step(c, "start", point)
+            started.append(c)
         calls, elapsed = harness.sustain(fns, seconds, sync, call_s)
     finally:
         window = {"counters_window_s": elapsed, "counters_window_calls": calls,
@@ -175,9 +179,23 @@ def _count(collectors: Sequence[Collector], fns, sync, point: dict) -> dict:
                   "counters_busy_pct": 100.0 * calls * call_s / elapsed if elapsed > 0 else None}
         point.update(window)
         counters = {}
-        for c in collectors:
-            counters.update(c.stop(point))
+        for c in started:
+            counters.update(_collector_step(c, "stop", point))
     return {**window, **counters}
+
+
+class CounterFailed(GpuprofError):
+    pass
+
+
+def _collector_step(collector: Collector, step: str, point: dict):
+    """collector.start or .stop; any failure as CounterFailed, which the point records instead of raising."""
+    try:
+        return getattr(collector, step)(point)
+    except MEASUREMENT_FAILURES:
+        raise
+    except Exception as e:  # a collector's own error type (pynvml.NVMLError, ...): recorded, not raised
+        raise CounterFailed(f"the {type(collector).__name__} counters failed to {step}: {e}") from e
 
 
 class _NoRoom(GpuprofError):
@@ -185,7 +203,7 @@ class _NoRoom(GpuprofError):
 
 
 # What a point records instead of raising: the sweep carries on past each of these.
-MEASUREMENT_FAILURES = (Unsupported, _NoRoom, CheckFailed, RuntimeError, ValueError)
+MEASUREMENT_FAILURES = (Unsupported, _NoRoom, CheckFailed, CounterFailed, RuntimeError, ValueError)
 
 
 def failure(e: BaseException, oom: str) -> dict:

@@ -66,6 +66,59 @@ def use_triton_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+def nvml_lookups(props) -> list[tuple[str, str]]:
+    """(pynvml function, key) pairs that find CUDA device `props` in NVML, surest first.
+
+    CUDA numbers devices fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and CUDA_VISIBLE_DEVICES renumbers
+    them; NVML always numbers every device in PCI order. So the UUID (or PCI bus id) names the same GPU in both.
+    """
+    lookups = []
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        # torch prints the bare 8-4-4-4-12 hex form; NVML wants it prefixed (GPU-..., or MIG-... for an instance).
+        lookups.append(("nvmlDeviceGetHandleByUUID", uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"))
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is not None:
+        domain, dev = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
+        lookups.append(("nvmlDeviceGetHandleByPciBusId", f"{domain:08x}:{bus:02x}:{dev:02x}.0"))
+    return lookups
+
+
+def cuda_device_props(index: int):
+    """torch's properties of CUDA device `index`; None where CUDA is not available."""
+    if not cuda_available():
+        return None
+    import torch
+
+    return torch.cuda.get_device_properties(index)
+
+
+def nvml_handle(nvml, index: int, props=None):
+    """NVML's handle for CUDA device `index` (`props`: its torch properties): by UUID, else PCI bus id, else index.
+
+    The index is the last resort: it names the same GPU only with one GPU or CUDA_DEVICE_ORDER=PCI_BUS_ID.
+    """
+    props = cuda_device_props(index) if props is None else props
+    for name, key in nvml_lookups(props) if props is not None else []:
+        lookup = getattr(nvml, name, None)
+        if lookup is None:
+            continue
+        try:
+            return lookup(key)
+        except nvml.NVMLError:
+            continue  # an older driver, or a MIG instance NVML does not hand out this way: try the next key
+    return nvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def current_cuda_index() -> int:
+    """The CUDA device torch runs on now (0 without CUDA)."""
+    if not cuda_available():
+        return 0
+    import torch
+
+    return torch.cuda.current_device()
+
+
 def _nvml_details(index: int) -> dict:
     """Driver and clocks from NVML; empty where NVML is absent or refuses."""
     try:
@@ -77,7 +130,7 @@ def _nvml_details(index: int) -> dict:
     except pynvml.NVMLError:
         return {}
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        h = nvml_handle(pynvml, index)
         out: dict = {"driver": _text(pynvml.nvmlSystemGetDriverVersion())}
         for key, fn, clock in (
             ("sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM),
@@ -154,9 +207,14 @@ def software_versions() -> dict[str, str | None]:
 
 
 def git_commit(path: Path | None = None) -> str | None:
-    """The commit of the gpuprof checkout (with `-dirty` when it has changes); None outside git."""
+    """The commit of the gpuprof checkout (with `-dirty` when it has changes); None outside git, and None for an
+    installed copy that merely sits inside some other repository (a virtual environment in a project)."""
     where = path or Path(__file__).resolve().parent.parent
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or not _is_gpuprof_checkout(Path(top.stdout.strip())):
+            return None
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
@@ -166,6 +224,14 @@ def git_commit(path: Path | None = None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _is_gpuprof_checkout(toplevel: Path) -> bool:
+    """Whether a repository's top level is gpuprof's own: its setup.py names the gpuprof distribution."""
+    try:
+        return 'name="gpuprof"' in (toplevel / "setup.py").read_text()
+    except OSError:
+        return False
 
 
 def gpu_slug(name: str) -> str:
@@ -192,8 +258,12 @@ DATASHEETS: tuple[Datasheet, ...] = (
     Datasheet("H100 SXM5 80GB", r"\bh100\b.*\bhbm3\b", 3350, 989.4, 989.4, 66.9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)", 80 << 30),
     Datasheet("H100 PCIe 80GB", r"\bh100\b.*\bpcie\b", 2000, 756.5, 756.5, 51.2, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)", 80 << 30),
     Datasheet("H200 SXM 141GB", r"\bh200\b", 4800, 989.4, 989.4, 66.9, "NVIDIA H200 Tensor Core GPU datasheet (SXM)", 141 << 30),
-    Datasheet("A100 SXM4 80GB", r"\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", 80 << 30),
-    Datasheet("A100 SXM4 40GB", r"\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)", 40 << 30),
+    # A100: the PCIe cards name themselves with "PCIe" ("NVIDIA A100 80GB PCIe", "NVIDIA A100-PCIE-40GB"), the SXM
+    # modules do not; the 80GB PCIe card has slower memory than the 80GB SXM module.
+    Datasheet("A100 SXM4 80GB", r"^(?!.*\bpcie\b).*\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", 80 << 30),
+    Datasheet("A100 PCIe 80GB", r"^(?=.*\bpcie\b).*\ba100\b.*\b80gb\b", 1935, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB PCIe)", 80 << 30),
+    Datasheet("A100 SXM4 40GB", r"^(?!.*\bpcie\b).*\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)", 40 << 30),
+    Datasheet("A100 PCIe 40GB", r"^(?=.*\bpcie\b).*\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB PCIe)", 40 << 30),
     Datasheet("L40S", r"\bl40s\b", 864, 362.05, 362.05, 91.6, "NVIDIA L40S GPU datasheet", 48 << 30),
     Datasheet("L4", r"\bl4\b", 300, 121.0, 121.0, 30.3, "NVIDIA L4 Tensor Core GPU datasheet", 24 << 30),
     Datasheet("RTX 4090", r"\b4090\b", 1008, 165.2, 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090, FP32 accumulate)", 24 << 30),

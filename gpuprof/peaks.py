@@ -24,8 +24,9 @@ COPY_BYTES = 1 << 30  # 1 GiB source, 1 GiB destination: far beyond any L2
 MATMUL_SIZE = 8192
 
 
-def default_path(gpu_name: str, root: Path = TRACES) -> Path:
-    return gpu_dir(gpu_name, root) / "peaks.json"
+def default_path(gpu_name: str, root: Path = TRACES, quick: bool = False) -> Path:
+    """Where peaks.json lives; a --quick run's rough ceilings go beside it, never in its place."""
+    return gpu_dir(gpu_name, root) / ("peaks-quick.json" if quick else "peaks.json")
 
 
 def _points(l2_bytes: int, options: harness.TimingOptions, copy_bytes: int, matmul: int) -> list[tuple[str, dict]]:
@@ -51,8 +52,10 @@ def measure(
     copy_bytes: int = COPY_BYTES,
     matmul: int = MATMUL_SIZE,
     progress: Callable[[str], None] = lambda _: None,
+    quick: bool = False,
 ) -> dict:
-    """Measure every ceiling on the current GPU; the result is what peaks.json holds."""
+    """Measure every ceiling on the current GPU; the result is what peaks.json holds (`quick`: a rough check with
+    small sizes, marked as such in its peaks)."""
     peaks: dict = {}
     points = []
     for key, args in _points(gpu.l2_bytes, options, copy_bytes, matmul):
@@ -65,6 +68,8 @@ def measure(
     repeat = peaks.pop("copy_repeat")
     first, second = points[0]["time_us"], points[-1]["time_us"]
     peaks["source"] = "measured"
+    if quick:
+        peaks["quick"] = True
     return {
         "gpu": gpu.manifest(),
         "versions": software_versions(),
@@ -100,7 +105,10 @@ def datasheet_peaks(gpu_name: str) -> dict | None:
 
 
 def load(gpu_name: str, path: Path | None = None, root: Path = TRACES) -> dict:
-    """The manifest's `peaks`: measured from peaks.json when there is one, else the datasheet, labelled."""
+    """The manifest's `peaks`: measured from peaks.json when there is one, else the datasheet, labelled.
+
+    A quick run's file (peaks-quick.json) is never the default; passed as `path`, its source says it is rough.
+    """
     candidate = path or default_path(gpu_name, root)
     if candidate.is_file():
         try:
@@ -111,7 +119,10 @@ def load(gpu_name: str, path: Path | None = None, root: Path = TRACES) -> dict:
         missing = [k for k in PEAK_KEYS if k not in peaks]
         if missing:
             raise GpuprofError(f"{candidate} lacks {', '.join(missing)}; measure again with `gpuprof peaks`.")
-        peaks["source"] = f"measured ({candidate})"
+        if peaks.get("quick"):
+            peaks["source"] = f"measured by a quick rough check, not full ceilings ({candidate})"
+        else:
+            peaks["source"] = f"measured ({candidate})"
         return peaks
     if path is not None:
         raise GpuprofError(f"no peaks file at {path}; measure one with `gpuprof peaks --out {path}`.")

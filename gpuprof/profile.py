@@ -14,6 +14,7 @@ kernels.jsonl (one row per profiled launch), points.jsonl (the points with their
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -89,10 +90,34 @@ def default_out(gpu_name: str, root: Path = TRACES) -> Path:
 def target_command(command: Sequence[str]) -> list[str]:
     """The command to profile; `gpuprof ...` runs as `python -m gpuprof ...` of this very installation."""
     if not command:
-        raise GpuprofError("name the command to profile after `--`, e.g. gpuprof profile -- gpuprof bench copy --n 1e8.")
+        raise GpuprofError("name the command to profile after `--`, e.g. gpuprof profile -- gpuprof bench copy --n 100000000.")
     if Path(command[0]).name == "gpuprof":
         return [sys.executable, "-m", "gpuprof", *command[1:]]
     return list(command)
+
+
+def check_nvtx(command: Sequence[str], nvtx_include: str | None) -> None:
+    """Refuse to filter a gpuprof command by NVTX range where the nvtx package, which marks its ranges, is missing."""
+    if nvtx_include and command and Path(command[0]).name == "gpuprof" and not nvtx.available():
+        raise GpuprofError("the nvtx package is not installed, so gpuprof marks no launches for ncu's NVTX filter; "
+                           "install it (pip install nvtx).")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that holds another kind of run (a bench or sweep): profiling there replaces points.jsonl.
+
+    An earlier profile run there (its manifest has an ncu command) is fine to profile over again.
+    """
+    manifest = out / "manifest.json"
+    if not manifest.exists() and not (out / "points.jsonl").exists():
+        return
+    try:
+        grid = json.loads(manifest.read_text()).get("grid") or {}
+    except (OSError, ValueError, AttributeError):
+        grid = {}
+    if "ncu_command" not in grid:
+        raise GpuprofError(f"{out} holds a run that is not a profile run, whose points profiling would replace; "
+                           "choose another --out.")
 
 
 def run(
@@ -109,10 +134,9 @@ def run(
     ncu_path = ncu_path or ncu.find_ncu()
     metrics = ncu.metrics_for(request.sets, request.extra_metrics, compute_capability)
     command = target_command(request.command)
-    if request.nvtx_include and Path(request.command[0]).name == "gpuprof" and not nvtx.available():
-        raise GpuprofError("the nvtx package is not installed, so gpuprof marks no launches for ncu's NVTX filter; "
-                           "install it (pip install nvtx).")
+    check_nvtx(request.command, request.nvtx_include)
     out = Path(request.out)
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     report, log, child_points = out / "report.ncu-rep", out / "ncu.log", out / "child-points.jsonl"
     for stale in (report, log, child_points):

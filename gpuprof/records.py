@@ -112,12 +112,37 @@ def dumps(point: Mapping) -> str:
     return json.dumps({k: _clean(v) for k, v in point.items()}, separators=(",", ":"))
 
 
+def check_writable(path: Path, flag: str, directory: bool = False) -> None:
+    """Raise one sentence now, before minutes of measuring, where `path` (a file, or a `directory` to create or
+    fill) cannot be written: a file in its way, a directory where a file should go, a folder we may not write."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise GpuprofError(f"{flag} {path} is a file; name a directory.")
+    if not directory and path.is_dir():
+        raise GpuprofError(f"{flag} {path} is a directory; name a file.")
+    # The nearest folder that exists is where the first file or folder will be made.
+    existing = path if directory and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GpuprofError(f"{flag} {path} cannot be written: {existing} is a file, not a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GpuprofError(f"{flag} {path} cannot be written: this user may not write in {existing}.")
+
+
+def _cannot_write(path: Path, e: OSError) -> GpuprofError:
+    return GpuprofError(f"could not write {path}: {e.strerror or e}.")
+
+
 def write_json(path: Path, obj: object) -> None:
     """Write JSON atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
 
 
 def read_points(path: Path) -> list[dict]:
@@ -142,11 +167,18 @@ def write_csv(points: Iterable[Mapping], path: Path) -> None:
     columns = list(POINT_KEYS)
     for p in points:
         columns += [k for k in p if k not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for p in points:
-            writer.writerow({k: _clean(p.get(k)) for k in columns})
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for p in points:
+                writer.writerow({k: _clean(p.get(k)) for k in columns})
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+
+
+NEW_OUT = "choose a new --out directory, or delete the old one"
 
 
 @dataclass
@@ -164,16 +196,20 @@ class Run:
         return self.path / "points.jsonl"
 
     @classmethod
-    def create(cls, path: Path, manifest: Mapping) -> Run:
+    def create(cls, path: Path, manifest: Mapping, if_exists: str = NEW_OUT) -> Run:
+        """A new run directory; `if_exists` tells the user what to do when `path` already holds one (only the
+        commands that can resume a run should suggest it)."""
         missing = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing:
             raise ValueError(f"manifest lacks {missing}")
         path = Path(path)
         if (path / "points.jsonl").exists():
-            raise GpuprofError(f"{path} already holds a run; pass --resume to finish it, or choose another --out.")
-        path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "manifest.json", dict(manifest))
-        (path / "points.jsonl").touch()
+            raise GpuprofError(f"{path} already holds a run; {if_exists}.")
+        write_json(path / "manifest.json", dict(manifest))  # makes the directory
+        try:
+            (path / "points.jsonl").touch()
+        except OSError as e:
+            raise _cannot_write(path / "points.jsonl", e) from None
         return cls(path)
 
     @classmethod
@@ -188,10 +224,13 @@ class Run:
 
     def append(self, point: Mapping) -> None:
         """Write one finished point and make it durable, so an interrupted run loses nothing."""
-        with open(self.points_path, "a") as f:
-            f.write(dumps(point) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.points_path, "a") as f:
+                f.write(dumps(point) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk, a directory removed under the run
+            raise _cannot_write(self.points_path, e) from None
 
     def points(self) -> list[dict]:
         return read_points(self.points_path) if self.points_path.exists() else []

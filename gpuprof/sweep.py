@@ -380,7 +380,8 @@ def new_run(path: Path, grid: Grid, *, gpu: GPUInfo | None, peaks: Mapping | Non
             counters: Sequence[str], command: str) -> Run:
     """Create the run directory with its manifest (grid, versions, peaks used) before the first point."""
     manifest = new_manifest(gpu, peaks, {**grid.to_manifest(), "device": device, "counters": list(counters)}, command)
-    return Run.create(path, {**manifest, "sessions": []})
+    return Run.create(path, {**manifest, "sessions": []},
+                      if_exists=f"finish it with `gpuprof sweep --resume {path}`, or choose another --out")
 
 
 def note_session(run: Run, outcome: Outcome, started_at: str, interrupted: bool) -> None:

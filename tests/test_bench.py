@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gpuprof.bench import check, CheckFailed, measure_point, relative_error, rotation_sets
-from gpuprof.errors import Unsupported
+from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.harness import TimingOptions
-from gpuprof.ops import get_op
+from gpuprof.ops import OPS, get_op
 from gpuprof.ops.base import Launch, Op, Work
 
 QUICK = TimingOptions(warmup_ms=0, max_time_s=0.05, min_reps=3)
@@ -103,3 +103,14 @@ def test_work_counts():
     assert get_op("copy").work({"n": 10}, "bf16") == Work(bytes=40, flops=0)
     assert get_op("read").work({"n": 10}, "fp32") == Work(bytes=40, flops=10)
     assert get_op("matmul").work({"m": 2, "n": 3, "k": 4}, "fp16") == Work(bytes=(8 + 12 + 6) * 2, flops=48)
+
+
+@pytest.mark.parametrize("kernel", sorted(OPS))
+def test_every_op_completes_a_bare_shape_or_names_what_it_needs(kernel):
+    op = OPS[kernel]
+    try:
+        shape = op.shape()
+    except GpuprofError as e:
+        assert str(e).startswith(f"{kernel} needs --") and "for example --" in str(e)
+    else:
+        assert set(shape) == set(op.shape_keys)

@@ -154,6 +154,16 @@ def test_unknown_metric_is_named():
         ncu.check_messages((DATA / "handmade-log-unknown-metric.txt").read_text(), None)
 
 
+def test_unknown_base_metric_is_named_not_its_regex():
+    # ncu turns a base name into a regex over its rollups and reports that regex.
+    with pytest.raises(GpuprofError, match=r"know the metric flop_count_sp on") as error:
+        ncu.check_messages((DATA / "handmade-regex-log-unknown-metric.txt").read_text(), None)
+    assert "regex" not in str(error.value)
+    with pytest.raises(GpuprofError, match=r"metric dram__bytes_read.sum, dram__bytes on"):
+        ncu.check_messages('==ERROR== Failed to find metric "dram__bytes_read.sum".\n'
+                           "==ERROR== Failed to find metric regex:^dram__bytes\\.(sum|min|max|avg)$\n", None)
+
+
 def test_other_ncu_errors_and_clean_logs():
     with pytest.raises(GpuprofError, match="ncu failed: Profiling failed because a driver resource"):
         ncu.check_messages("==ERROR== Profiling failed because a driver resource was unavailable.\n", None)

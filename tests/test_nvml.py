@@ -39,11 +39,16 @@ class FakeDevice:
         self.live_samples = set()
         self.reads = 0
         self.closed = False
+        self.samples_taken = 0
+        self.refuse_gpm_after = None  # a count of samples: refuse every GPM sample after that many
 
     def gpm_supported(self):
         return self._gpm
 
     def gpm_sample(self):
+        if self.refuse_gpm_after is not None and self.samples_taken >= self.refuse_gpm_after:
+            raise nvml.NvmlUnavailable("NVML refused a GPM sample (Not Supported)")
+        self.samples_taken += 1
         sample = object()
         self.live_samples.add(sample)
         return sample
@@ -168,6 +173,59 @@ def test_metrics_the_device_lacks_are_said_once():
     assert len(said) == 1 and "nvml_fp16_util_pct" in said[0]
 
 
+@pytest.mark.parametrize("refuse_after", [0, 1], ids=["at-start", "at-stop"])
+def test_refused_gpm_sample_turns_gpm_off_once_and_frees_what_was_taken(refuse_after):
+    said = []
+    device = FakeDevice()
+    device.refuse_gpm_after = refuse_after
+    sampler = NvmlSampler(device, interval_s=0.05, min_window_s=0.5, notify=said.append)
+    for _ in range(2):
+        sampler.start({})
+        time.sleep(0.12)
+        out = sampler.stop({})
+        assert "nvml_power_w" in out and not any(c in out for c in GPM_COLUMNS)
+    assert not sampler.gpm and device.live_samples == set()
+    assert len(said) == 1 and "GPM metrics are off" in said[0] and "refused" in said[0]
+
+
+def test_measure_point_survives_a_refused_gpm_sample():
+    device = FakeDevice()
+    device.refuse_gpm_after = 0
+    said = []
+    sampler = NvmlSampler(device, interval_s=0.05, min_window_s=0.5, notify=said.append)
+    p = measure_point(get_op("copy"), "torch", {"n": 4096}, "fp32", device="cpu", options=QUICK, collectors=[sampler])
+    assert p["status"] == "ok" and "nvml_power_w" in p and "nvml_dram_util_pct" not in p and len(said) == 1
+
+
+def test_a_collector_failing_to_start_is_recorded_and_the_started_ones_stopped():
+    class Broken:
+        def start(self, point):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+        def stop(self, point):
+            raise AssertionError("stopped without having started")
+
+    device = FakeDevice()
+    sampler = NvmlSampler(device, interval_s=0.02, min_window_s=0.5, notify=pytest.fail)
+    p = measure_point(get_op("copy"), "torch", {"n": 4096}, "fp32", device="cpu", options=QUICK,
+                      collectors=[sampler, Broken()])
+    assert p["status"] == "error" and "Broken counters failed to start" in p["error"] and "lost" in p["error"]
+    assert not sampler._thread.is_alive() and device.live_samples == set()
+
+
+def test_pynvml_device_frees_a_gpm_sample_nvml_refused_to_fill():
+    fake = _fake_nvml()
+
+    def refuse(handle, sample):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    fake.nvmlGpmSampleGet = refuse
+    device = nvml.open_device(0, fake)
+    with pytest.raises(nvml.NvmlUnavailable, match="refused a GPM sample"):
+        device.gpm_sample()
+    assert len(fake.freed) == 1
+
+
 def test_window_shorter_than_gpm_allows_is_refused():
     with pytest.raises(ValueError, match="at least"):
         NvmlSampler(FakeDevice(), min_window_s=0.2)
@@ -266,6 +324,23 @@ def test_make_collectors(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pynvml", None)
     said = []
     assert make_collectors(["nvml"], notify=said.append) == [] and len(said) == 1
+
+
+def test_make_collectors_samples_torchs_current_device(monkeypatch):
+    from gpuprof import device
+
+    opened = []
+    monkeypatch.setattr(device, "current_cuda_index", lambda: 2)
+    monkeypatch.setattr(NvmlSampler, "open", classmethod(lambda cls, index=0, **kw: opened.append(index)))
+    make_collectors(["nvml"])
+    assert opened == [2]
+
+
+def test_open_device_finds_the_cuda_device_by_uuid():
+    fake = _fake_nvml()
+    fake.nvmlDeviceGetHandleByUUID = lambda uuid: f"by-{uuid}"
+    device = nvml.open_device(1, fake, props=types.SimpleNamespace(uuid="58f2b1a4-0c1d"))
+    assert device._handle == "by-GPU-58f2b1a4-0c1d"
 
 
 def test_a_collector_without_a_window_length_gets_one_batch_of_calls():

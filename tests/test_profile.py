@@ -4,6 +4,7 @@ The fake plays back tests/data/ncu/ (hand-made in ncu's documented layout; see i
 """
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from gpuprof import device, nvtx
 from gpuprof import profile as profile_lib
 from gpuprof.cli import main
+from gpuprof.cli.bench import int_list
 from gpuprof.counters import ncu
 from gpuprof.device import GPUInfo
 from gpuprof.errors import GpuprofError
@@ -164,8 +166,31 @@ def test_target_command():
     assert profile_lib.target_command(["gpuprof", "bench", "copy"]) == [sys.executable, "-m", "gpuprof", "bench", "copy"]
     assert profile_lib.target_command(["/usr/bin/gpuprof", "info"])[:3] == [sys.executable, "-m", "gpuprof"]
     assert profile_lib.target_command(["./app", "x"]) == ["./app", "x"]
-    with pytest.raises(GpuprofError, match="after `--`"):
+    with pytest.raises(GpuprofError, match="after `--`") as error:
         profile_lib.target_command([])
+    # the example must be a command bench accepts
+    example = shlex.split(str(error.value).split("e.g. ", 1)[1].rstrip("."))
+    n = example[example.index("--n") + 1]
+    assert example[:5] == ["gpuprof", "profile", "--", "gpuprof", "bench"] and int_list(n, "n") == [100000000]
+
+
+def test_profile_refuses_an_out_holding_another_kind_of_run(tmp_path):
+    from gpuprof.records import Run
+
+    bench_run = Run.create(tmp_path / "prof", {"gpu": None, "versions": {}, "git_commit": None, "command": "x",
+                                               "started_at": "t", "peaks": None, "grid": {"kernel": "copy"}})
+    bench_run.append({"kernel": "copy", "time_us": 1.0})
+    fake = FakeNcu()
+    with pytest.raises(GpuprofError, match="not a profile run.*choose another --out") as error:
+        profile_lib.run(request(tmp_path), runner=fake, ncu_path="/opt/ncu")
+    assert "\n" not in str(error.value) and fake.runs == []
+    assert len(bench_run.points()) == 1  # its points are still there
+
+
+def test_profile_may_profile_over_an_earlier_profile_run(tmp_path):
+    profile_lib.run(request(tmp_path), runner=FakeNcu(), ncu_path="/opt/ncu")
+    again = profile_lib.run(request(tmp_path), runner=FakeNcu(), ncu_path="/opt/ncu")
+    assert len(again.points) == 2 and len(read_points(tmp_path / "prof" / "points.jsonl")) == 2
 
 
 def test_child_session_from_environment(tmp_path):
@@ -240,6 +265,54 @@ def test_bench_counters_ncu_needs_ncu(monkeypatch, tmp_path):
     monkeypatch.setattr(ncu, "_CUDA_DEFAULT", str(tmp_path))
     r = CliRunner().invoke(main, ["bench", "copy", "--n", "8", "--counters", "ncu"])
     assert r.exit_code == 1 and "`ncu` was not found" in r.output
+
+
+def _bench_with_ncu(monkeypatch, tmp_path, profile_run=None):
+    """`gpuprof bench ... --counters ncu` on a pretend GPU with a pretend ncu; returns the points measured."""
+    import gpuprof.cli.bench as cli_bench
+
+    gpu = GPUInfo(name="NVIDIA H100 80GB HBM3", sm_count=132, memory_bytes=80 << 30, l2_bytes=50 << 20,
+                  driver=None, cuda=None, compute_capability="9.0")
+    measured = []
+
+    def fake_point(op, impl, shape, dtype, **kw):
+        point = {"kernel": op.kernel, "impl": impl, "dtype": dtype, **shape, "status": "ok", "time_us": 10.0}
+        measured.append(point)
+        return point
+
+    monkeypatch.setattr(cli_bench, "require_gpu", lambda what: None)
+    monkeypatch.setattr(cli_bench, "info", lambda: gpu)
+    monkeypatch.setattr(cli_bench.ncu, "find_ncu", lambda: "ncu")
+    monkeypatch.setattr(cli_bench, "measure_point", fake_point)
+    monkeypatch.setattr(cli_bench.profile_lib, "run", profile_run or (lambda *a, **k: pytest.fail("profiled")))
+    monkeypatch.chdir(tmp_path)
+    return measured
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ncu-set", "nope"], "unknown metric set 'nope'"),
+    ([], "the nvtx package is not installed"),
+])
+def test_bench_counters_ncu_refuses_before_timing(monkeypatch, tmp_path, args, message):
+    measured = _bench_with_ncu(monkeypatch, tmp_path)
+    monkeypatch.setattr(nvtx, "available", lambda: not message.startswith("the nvtx"))
+    r = CliRunner().invoke(main, ["bench", "copy", "--n", "8", "--counters", "ncu", *args])
+    assert r.exit_code == 1 and message in r.output and measured == []
+
+
+def test_bench_keeps_its_timed_rows_when_profiling_fails(monkeypatch, tmp_path):
+    def fail(*args, **kwargs):
+        raise GpuprofError("ncu failed: Profiling failed because a driver resource was unavailable.")
+
+    _bench_with_ncu(monkeypatch, tmp_path, profile_run=fail)
+    monkeypatch.setattr(nvtx, "available", lambda: True)
+    r = CliRunner().invoke(main, ["bench", "copy", "--n", "8,16", "--counters", "ncu", "--out", "run",
+                                  "--csv", "p.csv", "--json"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "warning: the rows have no ncu columns: ncu failed: Profiling failed" in r.output
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3
+    assert len(read_points(tmp_path / "run" / "points.jsonl")) == 2
+    assert '"time_us": 10.0' in r.output  # the JSON of the timed rows was printed
 
 
 def test_bench_command_for_the_profiled_rerun():

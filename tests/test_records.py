@@ -1,8 +1,10 @@
 import json
 import math
+import shutil
 
 import pytest
 
+from gpuprof import records
 from gpuprof.errors import GpuprofError
 from gpuprof.records import POINT_KEYS, Run, add_work, new_point, read_points, write_csv
 
@@ -49,8 +51,11 @@ def test_run_roundtrip_and_resume(tmp_path):
 
 def test_create_refuses_existing_run(tmp_path):
     Run.create(tmp_path, MANIFEST)
-    with pytest.raises(GpuprofError, match="--resume"):
+    with pytest.raises(GpuprofError, match="choose a new --out directory, or delete the old one") as error:
         Run.create(tmp_path, MANIFEST)
+    assert "--resume" not in str(error.value)  # only commands that can resume say so
+    with pytest.raises(GpuprofError, match="already holds a run; pass --resume to finish it"):
+        Run.create(tmp_path, MANIFEST, if_exists="pass --resume to finish it")
 
 
 def test_open_refuses_non_run(tmp_path):
@@ -92,3 +97,38 @@ def test_points_and_csv_are_read_by_pandas(tmp_path):
 def test_manifest_is_plain_json(tmp_path):
     run = Run.create(tmp_path, MANIFEST)
     assert json.loads(run.manifest_path.read_text()) == MANIFEST
+
+
+def test_check_writable_refuses_in_one_sentence(tmp_path):
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    records.check_writable(tmp_path / "new" / "deeper" / "p.csv", "--csv")  # folders to be made: fine
+    records.check_writable(tmp_path, "--out", directory=True)
+    with pytest.raises(GpuprofError, match=r"--csv .* is a directory; name a file\."):
+        records.check_writable(tmp_path, "--csv")
+    with pytest.raises(GpuprofError, match=r"--out .*f.txt is a file; name a directory\."):
+        records.check_writable(a_file, "--out", directory=True)
+    with pytest.raises(GpuprofError, match=r"f.txt is a file, not a directory"):
+        records.check_writable(a_file / "p.csv", "--csv")
+    with pytest.raises(GpuprofError, match=r"f.txt is a file, not a directory"):
+        records.check_writable(a_file / "run", "--out", directory=True)
+
+
+def test_failed_writes_are_one_sentence(tmp_path):
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    with pytest.raises(GpuprofError, match=r"could not write .*p.csv: .*\.$"):
+        records.write_csv([new_point(kernel="copy")], a_file / "p.csv")
+    with pytest.raises(GpuprofError, match=r"could not write .*peaks.json"):
+        records.write_json(a_file / "peaks.json", {})
+    with pytest.raises(GpuprofError, match="could not write"):
+        Run.create(a_file / "run", MANIFEST)
+    run = Run.create(tmp_path / "run", MANIFEST)
+    shutil.rmtree(run.path)  # the run directory removed under a running benchmark
+    with pytest.raises(GpuprofError, match="could not write .*points.jsonl"):
+        run.append(new_point(kernel="copy"))
+
+
+def test_write_csv_makes_its_folder(tmp_path):
+    records.write_csv([new_point(kernel="copy")], tmp_path / "new" / "p.csv")
+    assert (tmp_path / "new" / "p.csv").read_text().startswith("kernel,")

@@ -191,6 +191,12 @@ def _tiny_sweep(tiny_model, tmp_path, **grid_kwargs):
     return grid, run, sweep.plan(grid)
 
 
+def test_a_new_sweep_over_an_old_run_suggests_resuming_it(tiny_model, tmp_path):
+    grid, run, _ = _tiny_sweep(tiny_model, tmp_path)
+    with pytest.raises(GpuprofError, match=f"finish it with `gpuprof sweep --resume {run.path}`"):
+        sweep.new_run(run.path, grid, gpu=None, peaks=None, device="cpu", counters=[], command="t")
+
+
 def test_sweep_on_the_cpu_records_every_point(fake_ops, tiny_model, tmp_path):
     fake_ops[0].broken = ("torch-sdpa-efficient",)
     grid, run, points = _tiny_sweep(tiny_model, tmp_path, batches=[1, 3])

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
+from gpuprof import nvtx
 from gpuprof import profile as profile_lib
 from gpuprof.bench import measure_point
 from gpuprof.cli.output import console, print_json, print_table
@@ -16,7 +17,8 @@ from gpuprof.device import git_commit, info, require_gpu, software_versions, use
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.ops import OPS, get_op
-from gpuprof.records import SHAPE_KEYS, Run, new_manifest, write_csv
+from gpuprof.ops.base import DTYPES
+from gpuprof.records import SHAPE_KEYS, Run, check_writable, new_manifest, write_csv, write_json
 
 COLUMNS = (
     ("kernel", "impl", "dtype") + SHAPE_KEYS
@@ -75,7 +77,8 @@ def _shape_options(f):
 @click.option("--impl", "impls", default="all", show_default=True, help="Implementations, comma-separated, or all.")
 @click.option("--dtype", "dtypes", default="bf16", show_default=True, help="fp16, bf16 or fp32, comma-separated.")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write a run directory (manifest + points.jsonl).")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the points as CSV.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
+              help="Also write the points as CSV, and the run's manifest beside it as <csv>.manifest.json.")
 @click.option("--max-time", default=2.0, show_default=True, help="Seconds of timed repetitions per point, at most.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu checks correctness only (Triton through TRITON_INTERPRET=1); its times are not GPU times.")
@@ -83,7 +86,7 @@ def _shape_options(f):
               help="Hardware counters to add to the rows, comma-separated: nvml (device sampling over a window of "
                    "back-to-back calls after timing), ncu (a second, untimed run under Nsight Compute).")
 @click.option("--ncu-set", default="speed-of-light", show_default=True, help="With --counters ncu: metric sets.")
-@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"manifest": ..., "points": [...]} as JSON.')
 def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_text, ncu_set, as_json,
             **shape_lists) -> None:
     """Check every implementation of KERNEL against its reference, then time it, on each shape of the grid."""
@@ -91,18 +94,26 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
     counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
-    chosen = list(op.impls) if impls == "all" else name_list(impls)
-    unknown = [i for i in chosen if i not in op.impls]
-    if unknown:
-        raise GpuprofError(f"{kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
+    chosen = impl_list(op, impls)
     if device == "cpu" and "triton" in chosen:
         use_triton_interpreter()
     ncu_path = ncu.find_ncu() if "ncu" in counters else None
-    dts = name_list(dtypes)
+    ncu_sets = ncu.metric_sets(ncu_set) if ncu_path else None
+    dts = dtype_list(dtypes)
+    check_outputs(out, csv_path)
+    if csv_path:
+        check_writable(csv_manifest_path(csv_path), "--csv")
     grid = shape_grid(kernel, {k: int_list(v, k, _MINIMUM.get(k, 1)) for k, v in shape_lists.items()})
+    profiled_command = bench_command(kernel, chosen, dts, shape_lists, max_time)
+    if ncu_path:  # what would stop the profiled run, said before minutes of timing rather than after
+        profile_lib.check_nvtx(profiled_command, nvtx.MEASURE_FILTER)
     gpu = info() if device == "cuda" else None
     peaks = peaks_lib.load(gpu.name) if gpu else None
-    run = _open_run(out, kernel, chosen, dts, grid, gpu, peaks, counters) if out else None
+    # One manifest for the run directory, the CSV's sidecar and the JSON: rows are useless without their GPU,
+    # versions and ceilings.
+    manifest = new_manifest(gpu, peaks, {"kernel": kernel, "impls": chosen, "dtypes": dts, "shapes": grid,
+                                         "counters": counters})
+    run = Run.create(out, manifest) if out else None
     options = TimingOptions(max_time_s=max_time)
     collectors = make_collectors([n for n in counters if n != "ncu"], notify=lambda m: click.echo(m, err=True))
     points = []
@@ -115,28 +126,75 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
             run.append(p)
     for c in collectors:
         c.close()
+    profiling_failed = False
     if ncu_path:
         try:
             profiled = profile_lib.run(
-                profile_lib.Request(command=bench_command(kernel, chosen, dts, shape_lists, max_time),
-                                    out=(out / "ncu") if out else profile_lib.default_out(gpu.name),
-                                    sets=ncu.metric_sets(ncu_set)),
+                profile_lib.Request(command=profiled_command,
+                                    out=(out / "ncu") if out else profile_lib.default_out(gpu.name), sets=ncu_sets),
                 ncu_path=ncu_path, compute_capability=float(gpu.compute_capability), gpu=gpu.manifest(),
                 versions=software_versions(), git_commit=git_commit())
             profile_lib.merge(points, profiled.points)
             click.echo(f"ncu counters from an untimed run under Nsight Compute: {profiled.out}", err=True)
+        except GpuprofError as e:  # the timed points are still worth their CSV, JSON and table
+            profiling_failed = True
+            click.echo(f"warning: the rows have no ncu columns: {e}", err=True)
         finally:  # the timed points are kept even when profiling fails
             for p in points if run else []:
                 run.append(p)
+    show_points(points, manifest, csv_path, as_json)
+    if profiling_failed:
+        raise click.exceptions.Exit(1)
+
+
+def csv_manifest_path(csv_path: Path) -> Path:
+    """Where the manifest of a --csv file goes: beside it, `<csv>.manifest.json`."""
+    return csv_path.with_name(csv_path.name + ".manifest.json")
+
+
+def show_points(points: list[dict], manifest: dict, csv_path: Path | None, as_json: bool) -> None:
+    """The points as CSV with its manifest beside it (if asked), then as JSON {manifest, points} or as a table."""
     if csv_path:
         write_csv(points, csv_path)
+        write_json(csv_manifest_path(csv_path), manifest)
     if as_json:
-        print_json(points)
+        print_json({"manifest": manifest, "points": points})
         return
-    title = f"{kernel} on {gpu.name}" if gpu else f"{kernel} on the CPU (correctness only; times are not GPU times)"
-    print_table(points, COLUMNS, title=title)
+    kernel, gpu, peaks = manifest["grid"]["kernel"], manifest["gpu"], manifest["peaks"]
+    where = gpu["name"] if gpu else "the CPU (correctness only; times are not GPU times)"
+    print_table(points, COLUMNS, title=f"{kernel} on {where}")
     if peaks:
         console.print(f"ceilings: copy {peaks['copy_gbps']:.0f} GB/s, source {peaks['source']}", style="dim")
+
+
+def impl_list(op, text: str) -> list[str]:
+    """--impl: 'all' or a comma list of the op's implementations; at least one."""
+    chosen = list(op.impls) if text.strip() == "all" else name_list(text)
+    if not chosen:
+        raise GpuprofError(f"--impl needs at least one implementation of {op.kernel}: {', '.join(op.impls)}, or all.")
+    unknown = [i for i in chosen if i not in op.impls]
+    if unknown:
+        raise GpuprofError(f"{op.kernel} has no implementation {', '.join(unknown)}; valid: {', '.join(op.impls)}, all.")
+    return chosen
+
+
+def dtype_list(text: str) -> list[str]:
+    """--dtype: a comma list of known dtypes, checked before any point runs (not when the first bad one does)."""
+    names = name_list(text)
+    if not names:
+        raise GpuprofError(f"--dtype needs at least one dtype: {', '.join(DTYPES)}.")
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown:
+        raise GpuprofError(f"unknown dtype {unknown[0]!r}; valid dtypes are {', '.join(DTYPES)}.")
+    return names
+
+
+def check_outputs(out: Path | None, csv_path: Path | None) -> None:
+    """Refuse unwritable --out / --csv before measuring, not after minutes of it."""
+    if out:
+        check_writable(out, "--out", directory=True)
+    if csv_path:
+        check_writable(csv_path, "--csv")
 
 
 def counter_names(text: str, device: str) -> list[str]:
@@ -159,7 +217,3 @@ def bench_command(kernel: str, impls: list[str], dtypes: list[str], shape_lists:
             argv += [f"--{key.replace('_', '-')}", values]
     return argv
 
-
-def _open_run(out: Path, kernel, impls, dtypes, grid, gpu, peaks, counters) -> Run:
-    grid = {"kernel": kernel, "impls": impls, "dtypes": dtypes, "shapes": grid, "counters": counters}
-    return Run.create(out, new_manifest(gpu, peaks, grid))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
-from gpuprof.cli.bench import int_list, name_list
+from gpuprof.cli.bench import check_outputs, int_list, name_list
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.decode import build_decoder, make_backend
 from gpuprof.decode_bench import STEP_TIMING, DecodeSettings, make_collectors, run_decode
@@ -33,7 +33,7 @@ def open_run(out: Path, resume: bool, grid: dict, gpu, peaks) -> Run:
                                "resume with the same settings or choose another --out.")
         run.repair()
         return run
-    return Run.create(out, new_manifest(gpu, peaks, grid))
+    return Run.create(out, new_manifest(gpu, peaks, grid), if_exists="pass --resume to finish it, or choose another --out")
 
 
 def linear_list(text: str) -> list[str]:
@@ -78,6 +78,7 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
         use_triton_interpreter()
     shape = get_model(model_name)
     batch_list = int_list(batches, "batch")
+    check_outputs(out, csv_path)
     backend = make_backend(impl, attention_impl, linear_list(linear_impls))
     collectors = make_collectors(counters)
     if max_time <= 0:

@@ -9,11 +9,12 @@ import click
 from gpuprof import peaks as peaks_lib
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.device import git_commit, info, require_gpu
-from gpuprof.records import command_line, write_json
+from gpuprof.records import check_writable, command_line, write_json
 
 
 @click.command("peaks")
-@click.option("--out", type=click.Path(path_type=Path), help="Where to write peaks.json [traces/<gpu-slug>/peaks.json].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where to write peaks.json [traces/<gpu-slug>/peaks.json; peaks-quick.json with --quick].")
 @click.option("--show", is_flag=True, help="Only show the ceilings reports would use (measured file, else datasheet).")
 @click.option("--gpu", "gpu_name", help="With --show: the GPU name to look up, where this machine has none.")
 @click.option("--quick", is_flag=True, help="Smaller copy (256 MiB) and matmul (4096^3): a rough check in seconds.")
@@ -33,11 +34,12 @@ def command(out: Path | None, show: bool, gpu_name: str | None, quick: bool, as_
         return
     require_gpu("gpuprof peaks")
     gpu = info()
+    # A rough --quick check must not replace the ceilings every report divides by.
+    path = out or peaks_lib.default_path(gpu.name, quick=quick)
+    check_writable(path, "--out")  # before the measuring, not after it
     size = {"copy_bytes": 1 << 28, "matmul": 4096} if quick else {}
-    result = peaks_lib.measure(
-        gpu, command_line(), git_commit(), progress=lambda k: console.print(f"measuring {k} ...", style="dim"), **size
-    )
-    path = out or peaks_lib.default_path(gpu.name)
+    result = peaks_lib.measure(gpu, command_line(), git_commit(), quick=quick,
+                               progress=lambda k: console.print(f"measuring {k} ...", style="dim"), **size)
     write_json(path, result)
     if as_json:
         print_json(result)

@@ -34,6 +34,8 @@ def make_collectors(names: Sequence[str], notify: Callable[[str], None] = _stder
     if "nvml" not in names:
         return []
     from gpuprof.counters.nvml import NvmlSampler
+    from gpuprof.device import current_cuda_index
 
-    sampler = NvmlSampler.open(notify=notify)
+    # The device the benchmark runs on (torch's current one), not NVML's device 0.
+    sampler = NvmlSampler.open(current_cuda_index(), notify=notify)
     return [sampler] if sampler else []

@@ -159,7 +159,7 @@ def check_messages(text: str, nvtx_include: str | None, command_failure: str | N
             "this user may not read the GPU's performance counters (ncu: ERR_NVGPUCTRPERM); run as root, or load "
             "the driver with NVreg_RestrictProfilingToAdminUsers=0 (https://developer.nvidia.com/ERR_NVGPUCTRPERM)."
         )
-    unknown = re.findall(r"==ERROR==\s+Failed to find metrics?:?\s*\"?([\w.]+)", text)
+    unknown = [_metric_name(m) for m in re.findall(r"==ERROR==\s+Failed to find metrics?:?\s*(\S+)", text)]
     if unknown:
         raise GpuprofError(
             f"ncu does not know the metric {', '.join(unknown)} on this GPU or ncu version; `ncu --query-metrics` "
@@ -172,6 +172,14 @@ def check_messages(text: str, nvtx_include: str | None, command_failure: str | N
         raise GpuprofError(f"ncu failed: {errors[0]}")
     if re.search(r"==WARNING==\s+No kernels were profiled", text):
         raise no_kernel_matched(nvtx_include)
+
+
+def _metric_name(token: str) -> str:
+    """The metric a "Failed to find metric" message names: ncu may quote it, or show the regex it made of a base
+    name, as in `regex:^flop_count_sp\\.(sum|min|max|avg)$` for flop_count_sp."""
+    name = token.rstrip(".,").strip('"').removeprefix("regex:").removeprefix("^").removesuffix("$")
+    name = re.sub(r"\\?\.\([^)]*\)$", "", name)  # the rollup group ncu appends to a base name
+    return name.replace("\\", "")
 
 
 def application_failed(text: str) -> bool:

@@ -8,7 +8,8 @@ moves in coarse steps. `summarize` turns one window's raw readings into record c
 tested on the CPU with readings recorded from a real device (tests/data/nvml/).
 
 GPM needs Hopper or newer; where it is missing, or NVML itself is, the sampler says so once and the benchmark goes
-on without those columns. NVML numbers devices like CUDA does when CUDA_DEVICE_ORDER=PCI_BUS_ID (or with one GPU).
+on without those columns. The sampler watches the CUDA device the benchmark runs on: NVML's numbering differs
+from CUDA's, so the device is found by its UUID (gpuprof.device.nvml_handle).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Device(Protocol):
 
     def gpm_supported(self) -> bool: ...
 
-    def gpm_sample(self) -> object: ...
+    def gpm_sample(self) -> object: ...  # raises NvmlUnavailable, with nothing left allocated, when refused
 
     def gpm_metrics(self, first: object, second: object, ids: Sequence[int]) -> dict[int, float | None]: ...
 
@@ -189,7 +190,7 @@ class NvmlSampler:
 
     @classmethod
     def open(cls, index: int = 0, notify: Callable[[str], None] = _stderr, nvml: object = None, **options):
-        """A sampler on NVML device `index`, or None (said once through `notify`) where NVML cannot be used."""
+        """A sampler on CUDA device `index`, or None (said once through `notify`) where NVML cannot be used."""
         try:
             device = open_device(index, nvml)
         except NvmlUnavailable as e:
@@ -202,7 +203,7 @@ class NvmlSampler:
         self._t0 = time.perf_counter()
         self._readings = [self.device.read(0.0)]
         self._energy0 = self.device.energy_mj()
-        self._gpm0 = self.device.gpm_sample() if self.gpm else None
+        self._gpm0 = self._gpm_sample() if self.gpm else None
         self._thread = threading.Thread(target=self._sample_until_stopped, name="gpuprof-nvml", daemon=True)
         self._thread.start()
 
@@ -222,8 +223,23 @@ class NvmlSampler:
                                   calls=point.get("counters_window_calls"))
         return summarize(self.last_window)
 
+    def _gpm_sample(self) -> object | None:
+        """A GPM sample, or None after turning GPM off (said once) where the device refuses one."""
+        try:
+            return self.device.gpm_sample()
+        except NvmlUnavailable as e:
+            # A driver can refuse GPM although it reported support (MIG, a busy profiler): the point still
+            # gets power, clocks and energy rather than failing.
+            self.gpm = False
+            self.notify(f"NVML GPM metrics are off on {self.device.name}: {e}; the nvml_*_util columns are left "
+                        "out from here on.")
+            return None
+
     def _gpm_over_window(self, seconds: float) -> dict[int, float | None] | None:
-        gpm1 = self.device.gpm_sample()
+        gpm1 = self._gpm_sample()
+        if gpm1 is None:
+            self.device.gpm_free(self._gpm0)
+            return None
         try:
             if seconds < GPM_MIN_INTERVAL_S:
                 return None
@@ -249,9 +265,11 @@ def _text(value: str | bytes) -> str:
 class PynvmlDevice:
     """The Device protocol on nvidia-ml-py (pynvml)."""
 
-    def __init__(self, nvml, index: int) -> None:
+    def __init__(self, nvml, index: int, props=None) -> None:
+        from gpuprof.device import nvml_handle
+
         self._nvml = nvml
-        self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self._handle = nvml_handle(nvml, index, props)  # CUDA's device `index`, whatever NVML numbers it
         self.name = _text(nvml.nvmlDeviceGetName(self._handle))
 
     def _query(self, fn_name: str, *args):
@@ -269,8 +287,17 @@ class PynvmlDevice:
         return bool(support is not None and support.isSupportedDevice)
 
     def gpm_sample(self) -> object:
-        sample = self._nvml.nvmlGpmSampleAlloc()
-        self._nvml.nvmlGpmSampleGet(self._handle, sample)
+        """A filled GPM sample; NvmlUnavailable (nothing left allocated) where NVML refuses one."""
+        nvml = self._nvml
+        try:
+            sample = nvml.nvmlGpmSampleAlloc()
+        except nvml.NVMLError as e:
+            raise NvmlUnavailable(f"NVML could not allocate a GPM sample ({e})") from None
+        try:
+            nvml.nvmlGpmSampleGet(self._handle, sample)
+        except nvml.NVMLError as e:
+            nvml.nvmlGpmSampleFree(sample)
+            raise NvmlUnavailable(f"NVML refused a GPM sample ({e})") from None
         return sample
 
     def gpm_metrics(self, first: object, second: object, ids: Sequence[int]) -> dict[int, float | None]:
@@ -320,8 +347,9 @@ class PynvmlDevice:
             pass
 
 
-def open_device(index: int = 0, nvml: object = None) -> PynvmlDevice:
-    """NVML device `index`; NvmlUnavailable says why not."""
+def open_device(index: int = 0, nvml: object = None, props=None) -> PynvmlDevice:
+    """CUDA device `index` in NVML (`props`: its torch properties, asked of torch if None); NvmlUnavailable says
+    why not."""
     if nvml is None:
         try:
             import pynvml as nvml
@@ -332,10 +360,10 @@ def open_device(index: int = 0, nvml: object = None) -> PynvmlDevice:
     except nvml.NVMLError as e:
         raise NvmlUnavailable(f"NVML did not start ({e}); is an NVIDIA driver loaded?") from None
     try:
-        return PynvmlDevice(nvml, index)
+        return PynvmlDevice(nvml, index, props)
     except nvml.NVMLError as e:
         nvml.nvmlShutdown()
-        raise NvmlUnavailable(f"NVML has no device {index} ({e})") from None
+        raise NvmlUnavailable(f"NVML does not find CUDA device {index} ({e})") from None
 
 
 def record_window(out: str, seconds: float = 2.0) -> dict:
@@ -346,13 +374,13 @@ def record_window(out: str, seconds: float = 2.0) -> dict:
     import torch
 
     from gpuprof.bench import measure_point
-    from gpuprof.device import info, require_gpu, software_versions
+    from gpuprof.device import current_cuda_index, info, require_gpu, software_versions
     from gpuprof.harness import TimingOptions
     from gpuprof.ops import get_op
 
     require_gpu("recording NVML test data")
     gpu = info()
-    sampler = NvmlSampler.open(min_window_s=seconds)
+    sampler = NvmlSampler.open(current_cuda_index(), min_window_s=seconds)
     if sampler is None:
         raise SystemExit("NVML is not usable here; nothing recorded.")
     point = measure_point(get_op("copy"), "torch", {"n": 1 << 29}, "bf16", device="cuda",

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+from gpuprof.errors import GpuprofError
+
 DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    from gpuprof.errors import GpuprofError
-
     if name not in DTYPES:
         raise GpuprofError(f"unknown dtype {name!r}; valid dtypes are {', '.join(DTYPES)}.")
     return DTYPES[name]
@@ -52,9 +52,15 @@ class Op:
     kernel: str = ""
     impls: tuple[str, ...] = ()
     shape_keys: tuple[str, ...] = ()  # the contract's shape fields that this op uses
+    shape_help: dict[str, str] = {}  # what each shape field counts, for the error when one is missing
+    shape_example: str = ""  # shape options of a sensible first run, for the same error
 
     def shape(self, **given: int) -> dict[str, int]:
         """Complete and check a shape (fill defaults, reject impossible combinations with GpuprofError)."""
+        missing = [k for k in self.shape_keys if given.get(k) is None]
+        if missing:
+            needs = ", ".join(f"--{k.replace('_', '-')} ({self.shape_help.get(k, k)})" for k in missing)
+            raise GpuprofError(f"{self.kernel} needs {needs}; for example {self.shape_example}.")
         return {k: int(given[k]) for k in self.shape_keys}
 
     def work(self, shape: Mapping[str, int], dtype: str) -> Work:

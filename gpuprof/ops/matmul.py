@@ -17,6 +17,8 @@ class Matmul(Op):
     kernel = "matmul"
     impls = ("cublas",)
     shape_keys = ("m", "n", "k")
+    shape_help = {"m": "rows of A and C", "n": "columns of B and C", "k": "columns of A, rows of B"}
+    shape_example = "--m 1,64 --n 4096 --k 4096"
 
     def work(self, shape: Mapping[str, int], dtype: str) -> Work:
         m, n, k = shape["m"], shape["n"], shape["k"]

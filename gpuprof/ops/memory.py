@@ -16,6 +16,8 @@ class Copy(Op):
     kernel = "copy"
     impls = ("torch",)
     shape_keys = ("n",)
+    shape_help = {"n": "elements"}
+    shape_example = "--n 100000000"
 
     def work(self, shape: Mapping[str, int], dtype: str) -> Work:
         return Work(bytes=2 * shape["n"] * dtype_bytes(dtype), flops=0)
@@ -46,6 +48,8 @@ class Read(Op):
     kernel = "read"
     impls = ("triton",)
     shape_keys = ("n",)
+    shape_help = {"n": "elements"}
+    shape_example = "--n 100000000"
 
     def work(self, shape: Mapping[str, int], dtype: str) -> Work:
         return Work(bytes=shape["n"] * dtype_bytes(dtype), flops=shape["n"])
