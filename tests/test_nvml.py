@@ -209,7 +209,9 @@ def test_a_collector_failing_to_start_is_recorded_and_the_started_ones_stopped()
     sampler = NvmlSampler(device, interval_s=0.02, min_window_s=0.5, notify=pytest.fail)
     p = measure_point(get_op("copy"), "torch", {"n": 4096}, "fp32", device="cpu", options=QUICK,
                       collectors=[sampler, Broken()])
-    assert p["status"] == "error" and "Broken counters failed to start" in p["error"] and "lost" in p["error"]
+    # The timing stands: the point is ok, without counter columns, and says why.
+    assert p["status"] == "ok" and p["time_us"] > 0 and "nvml_power_w" not in p
+    assert "Broken counters failed to start" in p["counters_error"] and "lost" in p["counters_error"]
     assert not sampler._thread.is_alive() and device.live_samples == set()
 
 
