@@ -52,6 +52,9 @@ class Op:
     kernel: str = ""
     impls: tuple[str, ...] = ()
     shape_keys: tuple[str, ...] = ()  # the contract's shape fields that this op uses
+    # Check the worst row of the output's leading dimension instead of the whole: where the rows are separate
+    # problems (the sequences of a batch) whose norms differ widely.
+    error_per_row: bool = False
 
     def shape(self, **given: int) -> dict[str, int]:
         """Complete and check a shape (fill defaults, reject impossible combinations with GpuprofError)."""
@@ -77,7 +80,8 @@ class Op:
         raise NotImplementedError
 
     def tolerance(self, dtype: str) -> float:
-        """Largest relative error ||out - ref|| / ||ref|| accepted for this dtype."""
+        """Largest relative error ||out - ref|| / ||ref|| accepted for this dtype (of the worst row, with
+        `error_per_row`)."""
         return {"fp32": 1e-4, "fp16": 5e-3, "bf16": 1e-2}[dtype]
 
     def available(self, impl: str, device: str) -> str | None:
