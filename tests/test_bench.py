@@ -79,6 +79,53 @@ def test_relative_error():
         relative_error(torch.zeros(3), ref)
 
 
+def test_relative_error_per_row_is_the_worst_row():
+    """A 10% error in a small row hides under a large row's norm unless each row is judged on its own."""
+    ref = torch.tensor([[100.0, 0.0], [3.0, 4.0]])
+    out = torch.tensor([[100.0, 0.0], [3.0, 4.5]])
+    assert relative_error(out, ref) < 0.005
+    assert relative_error(out, ref, per_row=True) == pytest.approx(0.1)
+    zero_row = torch.tensor([[100.0, 0.0], [0.0, 0.0]])  # a zero reference row: the absolute error
+    assert relative_error(out, zero_row, per_row=True) == pytest.approx(math.hypot(3, 4.5))
+
+
+class TwoRows(Scale):
+    """y = 2x over two rows of very different size; "wrong" is off by 5% in the small row only."""
+
+    def make_inputs(self, shape, dtype, device, generator):
+        return {"x": torch.tensor([[1000.0, 1000.0], [1.0, 1.0]])}
+
+    def launch(self, impl, inputs):
+        out = torch.empty_like(inputs["x"])
+
+        def run():
+            out.copy_(inputs["x"] * 2)
+            if impl == "wrong":
+                out[1] *= 1.05
+            return out
+
+        return Launch(run=run, out=out)
+
+    def tolerance(self, dtype):
+        return 1e-2
+
+
+@pytest.mark.parametrize("per_row, passes", [(False, True), (True, False)])
+def test_check_judges_the_worst_row_where_the_op_asks(per_row, passes):
+    op = TwoRows()
+    op.error_per_row = per_row
+    inputs = op.make_inputs({"n": 2}, "fp32", "cpu", None)
+    if passes:
+        assert check(op, "wrong", inputs, "fp32") < 1e-2
+    else:
+        with pytest.raises(CheckFailed, match="relative error 0.05"):
+            check(op, "wrong", inputs, "fp32")
+
+
+def test_attention_is_checked_per_sequence():
+    assert get_op("attention").error_per_row and not get_op("gemv").error_per_row
+
+
 @pytest.mark.parametrize(
     "input_bytes, l2, sets", [(10, 0, 1), (200, 100, 1), (150, 100, 2), (30, 100, 10), (1, 100, 1)]
 )

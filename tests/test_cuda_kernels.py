@@ -2,7 +2,8 @@
 
 Every case runs on the GPU (`gpu` marker: NVRTC through cupy, torch's stream) and a subset runs on the CPU
 through the emulator (csrc/cpu_emulator.cuh), which checks the kernels' indexing and fragment bookkeeping on
-machines without a GPU. Tolerances: ||out - ref|| / ||ref|| <= 5e-3 for fp16, 1e-2 for bf16.
+machines without a GPU (where a GPU is visible, these cases ask for it with GPUPROF_CUDA_EMULATOR=1).
+Tolerances: ||out - ref|| / ||ref|| <= 5e-3 for fp16, 1e-2 for bf16; for attention, of the worst sequence.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import math
 import pytest
 import torch
 
+from gpuprof.bench import relative_error
 from gpuprof.cuda import attention as cuda_attention
 from gpuprof.cuda import gemv as cuda_gemv
 from gpuprof.cuda import runtime
 from gpuprof.cuda.instances import TRANSPOSE_CHECK_KERNEL, rows_dot_check_kernel
-from gpuprof.errors import Unsupported
+from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.kernels.common import arrival_counters
 
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 1e-2}
@@ -31,19 +33,20 @@ def on_devices(full: list, emulated: list) -> list:
 
 
 @pytest.fixture(autouse=True)
-def _skip_unavailable(request):
+def _skip_unavailable(request, monkeypatch):
     device = request.node.callspec.params.get("device") if hasattr(request.node, "callspec") else None
+    if device == "cpu":
+        monkeypatch.setenv(runtime.EMULATOR_ENV, "1")  # these cases mean the emulator, GPU or not
     if device == "cpu" or (device == "cuda" and torch.cuda.is_available()):
         reason = runtime.unavailable_reason(device)
         if reason:
             pytest.skip(reason)
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out64 = out.double()
-    if not torch.isfinite(out64).all():
-        return math.inf
-    return ((out64 - ref).norm() / ref.norm()).item()
+def sequence_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """The relative error of the worst sequence: one norm over the batch lets the one-token sequence (a single V
+    row, large) hide the others' errors."""
+    return relative_error(out, ref, per_row=True)
 
 
 # ---- decode attention ---------------------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def test_decode_attention_matches_reference(device, dtype, head_dim, heads, page
     out = torch.full((batch, q_heads, head_dim), math.nan, dtype=dtype, device=device)
     result = cuda_attention.decode_attention(*inputs, num_splits=splits, out=out)
     assert result is out
-    err = relative_error(out, attention_reference(*inputs, scale=head_dim**-0.5))
+    err = sequence_error(out, attention_reference(*inputs, scale=head_dim**-0.5))
     assert err <= TOLERANCE[dtype], f"relative error {err:.3g}"
 
 
@@ -137,7 +140,7 @@ def test_decode_attention_page_sizes_and_empty_splits(device, page_size, splits)
     inputs = attention_inputs(device, dtype, 4, 8, 2, 128, page_size, capacity, paged=True, seed=1)
     out = torch.full((4, 8, 128), math.nan, dtype=dtype, device=device)
     cuda_attention.decode_attention(*inputs, num_splits=splits, out=out, scale=0.3)
-    err = relative_error(out, attention_reference(*inputs, scale=0.3))
+    err = sequence_error(out, attention_reference(*inputs, scale=0.3))
     assert err <= TOLERANCE[dtype], f"relative error {err:.3g}"
 
 
@@ -146,7 +149,7 @@ def test_decode_attention_allocates_output_and_splits_automatically(device):
     inputs = attention_inputs(device, torch.float16, 2, 8, 2, 64, 16, 200, paged=True, seed=2)
     out = cuda_attention.decode_attention(*inputs)
     assert out.shape == (2, 8, 64) and out.dtype == torch.float16
-    assert relative_error(out, attention_reference(*inputs, scale=64**-0.5)) <= TOLERANCE[torch.float16]
+    assert sequence_error(out, attention_reference(*inputs, scale=64**-0.5)) <= TOLERANCE[torch.float16]
 
 
 @pytest.mark.gpu
@@ -157,7 +160,7 @@ def test_decode_attention_large_shapes(batch, ctx):
         pytest.skip(runtime.unavailable_reason("cuda"))
     inputs = attention_inputs("cuda", torch.bfloat16, batch, 32, 8, 128, 16, ctx, paged=True, seed=3)
     out = cuda_attention.decode_attention(*inputs)
-    assert relative_error(out, attention_reference(*inputs, scale=128**-0.5)) <= TOLERANCE[torch.bfloat16]
+    assert sequence_error(out, attention_reference(*inputs, scale=128**-0.5)) <= TOLERANCE[torch.bfloat16]
 
 
 def test_decode_attention_rejects_unsupported_combinations():
@@ -167,8 +170,36 @@ def test_decode_attention_rejects_unsupported_combinations():
     with pytest.raises(Unsupported, match="head_dim"):
         cuda_attention.decode_attention(q, cache, cache, lens, None)
     q32, cache32 = torch.zeros(1, 4, 64), torch.zeros(1, 4, 32, 64)
-    with pytest.raises(Unsupported, match="float16 and bfloat16"):
+    with pytest.raises(GpuprofError, match="q must be torch.float16 or torch.bfloat16"):
         cuda_attention.decode_attention(q32, cache32, cache32, lens, None)
+
+
+def _attention_args():
+    q, k, v, lens, table = attention_inputs("cpu", torch.float16, 2, 8, 2, 64, 16, 40, paged=True)
+    return {"q": q, "k_cache": k, "v_cache": v, "seq_lens": lens, "block_table": table}
+
+
+# What the launcher once guarded with assert (gone under python -O, and with wrong sentences): now the public
+# checks' sentences, raised.
+BAD_ATTENTION_ARGS = [
+    ("q 2-D", lambda a: a.update(q=a["q"][0]), "q must have shape [batch, q_heads, head_dim]"),
+    ("caches differ", lambda a: a.update(v_cache=a["v_cache"][:-1]), "v_cache must have k_cache's shape"),
+    ("cache dtype", lambda a: a.update(k_cache=a["k_cache"].bfloat16()), "k_cache must have q's dtype"),
+    ("lens int64", lambda a: a.update(seq_lens=a["seq_lens"].long()), "seq_lens must be torch.int32"),
+    ("table int64", lambda a: a.update(block_table=a["block_table"].long()), "block_table must be torch.int32"),
+    ("out shape", lambda a: a.update(out=a["q"][:1].clone()), "out must be torch.float16 of q's shape"),
+    ("out is q", lambda a: a.update(out=a["q"]), "out must not overlap q in memory"),
+    ("splits bool", lambda a: a.update(num_splits=True), "num_splits must be a whole number"),
+]
+
+
+@pytest.mark.parametrize("what, mutate, message", BAD_ATTENTION_ARGS, ids=[b[0] for b in BAD_ATTENTION_ARGS])
+def test_decode_attention_launcher_names_bad_inputs(what, mutate, message):
+    args = _attention_args()
+    mutate(args)
+    with pytest.raises(GpuprofError) as e:
+        cuda_attention.decode_attention(**args)
+    assert message in str(e.value)
 
 
 def test_attention_plan_splits_only_when_the_grid_is_small():
@@ -227,8 +258,47 @@ def test_gemv_split_k_is_deterministic_and_resets_its_counters(device):
 def test_gemv_rejects_unsupported_combinations():
     with pytest.raises(Unsupported, match="multiple of 8"):
         cuda_gemv.gemv(torch.zeros(1, 12, dtype=torch.float16), torch.zeros(4, 12, dtype=torch.float16))
-    with pytest.raises(Unsupported, match="float16 and bfloat16"):
+    with pytest.raises(GpuprofError, match="x must be torch.float16 or torch.bfloat16"):
         cuda_gemv.gemv(torch.zeros(1, 16), torch.zeros(4, 16))
+
+
+BAD_GEMV_ARGS = [
+    ("w K", lambda a: a.update(w=a["w"][:, :8]), "w must have shape [N, K] with K = 16"),
+    ("w dtype", lambda a: a.update(w=a["w"].bfloat16()), "w must have x's dtype"),
+    ("bias shape", lambda a: a.update(bias=a["bias"][:2]), "bias must have shape (4,)"),
+    ("out shape", lambda a: a.update(out=torch.empty(2, 5, dtype=torch.float16)), "out must have shape (2, 4)"),
+    ("out in w", lambda a: a.update(out=a["w"][:2, :4]), "out must not overlap w in memory"),
+]
+
+
+@pytest.mark.parametrize("what, mutate, message", BAD_GEMV_ARGS, ids=[b[0] for b in BAD_GEMV_ARGS])
+def test_gemv_launcher_names_bad_inputs(what, mutate, message):
+    args = {"x": torch.zeros(2, 16, dtype=torch.float16), "w": torch.zeros(4, 16, dtype=torch.float16),
+            "bias": torch.zeros(4, dtype=torch.float16)}
+    mutate(args)
+    with pytest.raises(GpuprofError) as e:
+        cuda_gemv.gemv(**args)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_cpu_tensors_run_the_emulator_on_a_gpu_machine_only_when_asked(monkeypatch, asked):
+    """With a GPU visible, CPU tensors are most likely a mistake: refused unless GPUPROF_CUDA_EMULATOR=1."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if asked:
+        monkeypatch.setenv(runtime.EMULATOR_ENV, "1")
+        if runtime.unavailable_reason("cpu"):
+            pytest.skip(runtime.unavailable_reason("cpu"))
+    else:
+        monkeypatch.delenv(runtime.EMULATOR_ENV, raising=False)
+        assert "move them to the GPU" in runtime.unavailable_reason("cpu")
+    x, w = torch.randn(2, 64).half(), torch.randn(16, 64).half()
+    if asked:
+        out = cuda_gemv.gemv(x, w, num_splits=1)
+        assert relative_error(out, x.double() @ w.double().T) <= TOLERANCE[torch.float16]
+    else:
+        with pytest.raises(Unsupported, match=f"set {runtime.EMULATOR_ENV}=1"):
+            cuda_gemv.gemv(x, w, num_splits=1)
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (16, 4096, 4096), (256, 4096, 4096), (1, 128256, 4096), (3, 50, 8)])

@@ -1,8 +1,8 @@
 """Launcher of the CUDA decode attention (csrc/decode_attention.cu): one query token per sequence.
 
-Plans the launch (query-head tiles, split-KV from the SM count), checks what the kernel assumes, launches the
-attention kernel and, with several splits, the log-sum-exp merge kernel. Input validation for users lives in
-`gpuprof.ops.attention`; the checks here guard the kernel's own assumptions.
+Plans the launch (query-head tiles, split-KV from the SM count), checks the inputs (the public checks of
+`gpuprof.ops.attention`, then the kernel's own limits), launches the attention kernel and, with several splits,
+the log-sum-exp merge kernel.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from gpuprof.cuda import runtime
-from gpuprof.cuda.instances import CPP_TYPES, HEAD_DIMS, attention_kernel, merge_kernel
+from gpuprof.cuda.instances import HEAD_DIMS, attention_kernel, merge_kernel
 from gpuprof.errors import Unsupported
+from gpuprof.ops.attention import check_attention_inputs
 
 SOURCE = "decode_attention.cu"
 THREADS = 128
@@ -45,26 +46,19 @@ def plan(batch: int, kv_heads: int, group_size: int, capacity: int, sm_count: in
     return AttentionPlan(head_tiles, max(1, num_splits))
 
 
-def _check(q, k_cache, v_cache, seq_lens, block_table, out) -> None:
-    assert q.dim() == 3 and q.is_contiguous(), "decode_attention: q must be a contiguous [B, Hq, D] tensor"
-    assert k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride(), "k_cache and v_cache differ"
-    assert k_cache.dim() == 4 and k_cache.stride(-1) == 1, "decode_attention: cache rows must be contiguous"
-    assert k_cache.dtype == q.dtype == v_cache.dtype, "decode_attention: q and the caches must share a dtype"
-    assert k_cache.device == v_cache.device == seq_lens.device == q.device, "decode_attention: devices differ"
-    assert seq_lens.dtype == torch.int32 and seq_lens.is_contiguous(), "decode_attention: seq_lens must be int32"
-    if block_table is not None:
-        assert block_table.dtype == torch.int32 and block_table.is_contiguous(), "block_table must be int32"
-        assert block_table.device == q.device, "decode_attention: block_table is on another device"
-    if out is not None:
-        assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous(), "out must be like q"
-        assert out.device == q.device, "decode_attention: out is on another device"
-    if q.dtype not in CPP_TYPES:
-        raise Unsupported(f"the CUDA decode attention supports float16 and bfloat16, not {q.dtype}.")
+def _check(q, k_cache, v_cache, seq_lens, block_table, out, scale, num_splits) -> None:
+    """The public checks (shapes, dtypes, devices, last dimensions contiguous, out apart from the inputs), then
+    what this kernel cannot do. q, the table and out may have any other strides: the launcher packs them."""
+    check_attention_inputs(q, k_cache, v_cache, seq_lens, block_table, out, scale=scale, num_splits=num_splits,
+                           check_values=False)
     if q.shape[-1] not in HEAD_DIMS:
         raise Unsupported(f"the CUDA decode attention supports head_dim 64, 128 and 256, not {q.shape[-1]}.")
-    tensors = [q, k_cache, v_cache] + ([out] if out is not None else [])
-    if any(t.data_ptr() % 16 for t in tensors) or any(s % 8 for s in k_cache.stride()[:-1]):
-        raise Unsupported("the CUDA decode attention needs q, out and every cache row aligned to 16 bytes.")
+    # One set of strides addresses both caches; copying either to match would move the whole cache.
+    if k_cache.stride() != v_cache.stride():
+        raise Unsupported(f"the CUDA decode attention needs k_cache and v_cache laid out alike; their strides are "
+                          f"{k_cache.stride()} and {v_cache.stride()}.")
+    if any(t.data_ptr() % 16 for t in (k_cache, v_cache)) or any(s % 8 for s in k_cache.stride()[:-1]):
+        raise Unsupported("the CUDA decode attention needs every cache row aligned to 16 bytes.")
 
 
 def decode_attention(
@@ -83,8 +77,11 @@ def decode_attention(
     q [B, Hq, D]; paged caches [num_pages, page_size, Hkv, D] with block_table [B, max_pages] (int32), or
     contiguous caches [B, Hkv, L, D] with block_table None; seq_lens [B] (int32, 1..capacity). fp32
     accumulation; query head h reads KV head h // (Hq / Hkv). `num_splits` forces the split-KV count.
+    A strided q or block table is packed first, and a strided `out` is filled through a packed temporary.
     """
-    _check(q, k_cache, v_cache, seq_lens, block_table, out)
+    _check(q, k_cache, v_cache, seq_lens, block_table, out, scale, num_splits)
+    q, seq_lens = runtime.packed(q), seq_lens.contiguous()
+    block_table = block_table.contiguous() if block_table is not None else None
     batch, q_heads, head_dim = q.shape
     paged = block_table is not None
     if paged:
@@ -101,16 +98,15 @@ def decode_attention(
     grid = p.grid(batch, kv_heads)
     if grid[1] > _GRID_LIMIT or grid[2] > _GRID_LIMIT:
         raise Unsupported(f"the CUDA decode attention grid cannot cover batch {batch} with {q_heads} query heads.")
-    if out is None:
-        out = torch.empty_like(q)
+    result = runtime.packed_output(out, q.shape, q)
     split_out = split_lse = None
     if p.num_splits > 1:
         split_out = torch.empty(batch, q_heads, p.num_splits, head_dim, dtype=torch.float32, device=q.device)
         split_lse = torch.empty(batch, q_heads, p.num_splits, dtype=torch.float32, device=q.device)
-    scale_log2 = (scale if scale is not None else head_dim**-0.5) * math.log2(math.e)
+    scale_log2 = (float(scale) if scale is not None else head_dim**-0.5) * math.log2(math.e)
     r = runtime
     args = (
-        r.ptr(q), r.ptr(k_cache), r.ptr(v_cache), r.ptr(seq_lens), r.ptr(block_table), r.ptr(out),
+        r.ptr(q), r.ptr(k_cache), r.ptr(v_cache), r.ptr(seq_lens), r.ptr(block_table), r.ptr(result),
         r.ptr(split_out), r.ptr(split_lse), r.i32(q_heads), r.i32(group_size), r.i32(p.head_tiles),
         r.i64(stride_block), r.i64(stride_token), r.i64(stride_head), r.i32(page_size), r.i32(max_pages),
         r.i32(p.num_splits), r.f32(scale_log2),
@@ -120,7 +116,7 @@ def decode_attention(
     if p.num_splits > 1:
         rows = batch * q_heads
         rows_per_block = THREADS // (head_dim // 4)
-        merge_args = (r.ptr(split_out), r.ptr(split_lse), r.ptr(out), r.i32(rows), r.i32(p.num_splits))
+        merge_args = (r.ptr(split_out), r.ptr(split_lse), r.ptr(result), r.i32(rows), r.i32(p.num_splits))
         grid = (math.ceil(rows / rows_per_block), 1, 1)
         r.launch(q.device, SOURCE, merge_kernel(q.dtype, head_dim), grid, (THREADS, 1, 1), merge_args)
-    return out
+    return runtime.deliver(out, result)

@@ -1,20 +1,22 @@
 """Launcher of the CUDA skinny GEMM (csrc/gemv.cu): y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]).
 
-Plans the launch (rows of x per block, split-K from the SM count), checks what the kernel assumes, launches.
-Input validation for users lives in `gpuprof.ops.gemv`; the checks here guard the kernel's own assumptions.
+Plans the launch (rows of x per block, split-K from the SM count), checks the inputs (the public checks of
+`gpuprof.ops.gemv`, then the kernel's own limits), launches.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from gpuprof.cuda import runtime
-from gpuprof.cuda.instances import CPP_TYPES, GEMV_M_TILES, gemv_kernel
+from gpuprof.cuda.instances import GEMV_M_TILES, gemv_kernel
 from gpuprof.errors import Unsupported
 from gpuprof.kernels.common import arrival_counters
+from gpuprof.ops.gemv import check_gemv_inputs
 
 SOURCE = "gemv.cu"
 THREADS = 128
@@ -52,20 +54,11 @@ def plan(m: int, n: int, k: int, sm_count: int, num_splits: int | None = None) -
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None) -> None:
-    assert x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1], "gemv: x must be [M, K] and w [N, K]"
-    assert x.dtype == w.dtype and x.device == w.device, "gemv: x and w must share dtype and device"
-    assert x.is_contiguous() and w.is_contiguous(), "gemv: x and w must be contiguous"
-    if x.dtype not in CPP_TYPES:
-        raise Unsupported(f"the CUDA gemv supports float16 and bfloat16, not {x.dtype}.")
-    if x.shape[1] % 8 != 0 or x.shape[1] == 0 or x.shape[0] == 0 or w.shape[0] == 0:
-        raise Unsupported(f"the CUDA gemv needs K a positive multiple of 8 and M, N > 0, got {tuple(x.shape)}.")
-    if x.data_ptr() % 16 or w.data_ptr() % 16:
-        raise Unsupported("the CUDA gemv needs x and w aligned to 16 bytes.")
-    if bias is not None:
-        assert bias.shape == (w.shape[0],) and bias.dtype == x.dtype and bias.is_contiguous(), "gemv: bad bias"
-    if out is not None:
-        assert out.shape == (x.shape[0], w.shape[0]) and out.dtype == x.dtype, "gemv: out must be [M, N], x's dtype"
-        assert out.is_contiguous() and out.device == x.device, "gemv: out must be contiguous on x's device"
+    """The public checks (shapes, dtypes, devices, last dimensions contiguous, out apart from the inputs), then
+    what this kernel cannot do."""
+    check_gemv_inputs(x, w, bias, out)
+    if x.shape[1] % 8 != 0:
+        raise Unsupported(f"the CUDA gemv needs K a multiple of 8, not {x.shape[1]}.")
 
 
 def gemv(
@@ -76,23 +69,31 @@ def gemv(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
-    """y = x @ w^T (+ bias) with fp32 accumulation; x [M, K], w [N, K], fp16 or bf16; returns y [M, N]."""
+    """y = x @ w^T (+ bias) with fp32 accumulation; x [M, K], w [N, K], fp16 or bf16; returns y [M, N].
+
+    The kernel takes packed rows only: a strided x is packed first and a strided `out` filled through a packed
+    temporary. A strided or misaligned w is copied too, on every call and with a warning (the kernel has no row
+    stride for w, and w can be large): pass a contiguous w to keep that copy out of timed work.
+    """
     _check(x, w, bias, out)
+    if not runtime.is_packed(w):
+        warnings.warn("gemv/cuda copies w on every call because its rows are not packed and 16-byte aligned "
+                      "(the kernel takes no row stride for w); pass w.contiguous() once instead.", stacklevel=2)
+    x, w, bias = runtime.packed(x), runtime.packed(w), bias.contiguous() if bias is not None else None
     m, k = x.shape
     n = w.shape[0]
     p = plan(m, n, k, runtime.sm_count(x.device), num_splits)
     if p.n_blocks > _GRID_LIMIT or p.m_blocks > _GRID_LIMIT:
         raise Unsupported(f"the CUDA gemv grid cannot cover M={m}, N={n}.")
-    if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    result = runtime.packed_output(out, (m, n), x)
     partial = counters = None
     if p.num_splits > 1:
         partial = torch.empty(p.num_splits, m, n, dtype=torch.float32, device=x.device)
         counters = arrival_counters(x.device, p.n_blocks * p.m_blocks)
     args = (
-        runtime.ptr(x), runtime.ptr(w), runtime.ptr(bias), runtime.ptr(out), runtime.ptr(partial),
+        runtime.ptr(x), runtime.ptr(w), runtime.ptr(bias), runtime.ptr(result), runtime.ptr(partial),
         runtime.ptr(counters), runtime.i32(m), runtime.i32(n), runtime.i32(k), runtime.i32(p.k_per_split),
         runtime.i32(p.num_splits),
     )  # fmt: skip
     runtime.launch(x.device, SOURCE, gemv_kernel(x.dtype, p.m_tiles), p.grid, (THREADS, 1, 1), args)
-    return out
+    return runtime.deliver(out, result)

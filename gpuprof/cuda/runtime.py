@@ -6,7 +6,8 @@ cupy keeps the compiled cubin on disk (`cache_dir()`), so later processes load i
 on torch's current stream and read and write the tensors' memory in place: no copies, no cupy arrays.
 
 On the CPU, the same sources run through the emulator in `gpuprof.cuda.emulator` (tests and `--device cpu`
-checks only).
+checks only). Where a GPU is visible, CPU tensors are refused unless GPUPROF_CUDA_EMULATOR=1 asks for the
+emulator: there they are far more likely a mistake than a wish to wait minutes for the emulator.
 """
 
 from __future__ import annotations
@@ -22,14 +23,39 @@ import numpy as np
 import torch
 
 from gpuprof.cuda import source
-from gpuprof.errors import GpuprofError
+from gpuprof.errors import GpuprofError, Unsupported
 
 NVRTC_OPTIONS = ("--std=c++17", "-lineinfo")
+EMULATOR_ENV = "GPUPROF_CUDA_EMULATOR"  # "1": run CPU tensors through the emulator even where a GPU is visible
 
 
 def ptr(t: torch.Tensor | None) -> np.uint64:
     """A kernel's pointer argument: the tensor's device address (0 for None)."""
     return np.uint64(0 if t is None else t.data_ptr())
+
+
+def is_packed(t: torch.Tensor) -> bool:
+    """Contiguous and 16-byte aligned: what the kernels' 16-byte vector loads and stores need."""
+    return t.is_contiguous() and t.data_ptr() % 16 == 0
+
+
+def packed(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when packed, else a packed copy: meant for small tensors (q, x), not caches or weights."""
+    return t if is_packed(t) else t.clone(memory_format=torch.contiguous_format)
+
+
+def packed_output(out: torch.Tensor | None, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Where a kernel writes: `out` when packed, else a new packed tensor (copy it into a strided `out` after)."""
+    if out is not None and is_packed(out):
+        return out
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+
+
+def deliver(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    """The call's return value: `result`, copied into `out` where the kernel wrote a packed temporary instead."""
+    if out is None or result is out:
+        return result
+    return out.copy_(result)
 
 
 def i32(v: int) -> np.int32:
@@ -92,7 +118,7 @@ def unavailable_reason(device: torch.device | str) -> str | None:
     if device.type == "cpu":
         from gpuprof.cuda import emulator
 
-        return emulator.unavailable_reason()
+        return emulator_refusal() or emulator.unavailable_reason()
     if device.type != "cuda":
         return f"the CUDA kernels run on CUDA devices, not {device.type}."
     if importlib.util.find_spec("cupy") is None:
@@ -100,6 +126,14 @@ def unavailable_reason(device: torch.device | str) -> str | None:
     if cuda_include_dir() is None:
         return "NVRTC needs the CUDA headers (cuda_fp16.h); set CUDA_PATH or pip install nvidia-cuda-runtime."
     return None
+
+
+def emulator_refusal() -> str | None:
+    """Why CPU tensors must not go to the emulator here: a GPU is visible and GPUPROF_CUDA_EMULATOR=1 is unset."""
+    if not torch.cuda.is_available() or os.environ.get(EMULATOR_ENV) == "1":
+        return None
+    return (f"impl 'cuda' got CPU tensors on a machine with a GPU; move them to the GPU, or set {EMULATOR_ENV}=1 "
+            "to run the slow CPU emulator.")
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,6 +170,9 @@ def launch(
     if device.type == "cpu":
         from gpuprof.cuda import emulator
 
+        refusal = emulator_refusal()
+        if refusal:
+            raise Unsupported(refusal)
         emulator.launch(source_name, name_expression, grid, block, args)
         return
     import cupy

@@ -9,6 +9,7 @@ SDPA backends.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -19,7 +20,7 @@ from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.ops.backends import cuda_module, unavailable
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
 from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
-                                require_same_device, require_same_dtype, require_tensors)
+                                require_no_overlap, require_same_device, require_same_dtype, require_tensors)
 from gpuprof.ops.tuning import choose, sm_count
 
 IMPLS = ("triton", "cuda")
@@ -113,15 +114,28 @@ def check_attention_inputs(
         raise GpuprofError(f"out must be {q.dtype} of q's shape {tuple(q.shape)}; it is {describe(out)}.")
     require_last_dim_contiguous([("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out),
                                  ("seq_lens", seq_lens), ("block_table", block_table)])
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise GpuprofError(f"scale must be a finite number, not {scale!r}.")
-    if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS):
+    require_no_overlap(out, [("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens),
+                             ("block_table", block_table)])
+    if scale is not None and not math.isfinite(_real_or_nan(scale)):
+        raise GpuprofError(f"scale must be a finite real number, not {scale!r}.")
+    # bool is an int subclass: num_splits=True would otherwise pass as 1.
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or not 1 <= num_splits <= MAX_SPLITS):
         raise GpuprofError(f"num_splits must be a whole number from 1 to {MAX_SPLITS}, not {num_splits!r}.")
 
     shape = AttentionShape(batch, q_heads, kv_heads, head_dim, page_size, capacity, num_pages)
     if check_values and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
         _check_values(shape, seq_lens, block_table)
     return shape
+
+
+def _real_or_nan(value: object) -> float:
+    """`value` as a float when it is a real number (Python, numpy, or a 0-d real tensor), else NaN."""
+    if isinstance(value, torch.Tensor):
+        real = value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool
+    else:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return float(value) if real else math.nan
 
 
 def _check_values(shape: AttentionShape, seq_lens: torch.Tensor, block_table: torch.Tensor | None) -> None:
@@ -289,6 +303,7 @@ class Attention(Op):
 
     kernel = "attention"
     impls = IMPLS + tuple(SDPA_BACKENDS)
+    error_per_row = True  # the worst sequence of the batch
     shape_keys = ("batch", "ctx", "hq", "hkv", "head_dim", "page_size")
     defaults = {"batch": 1, "ctx": 4096, "hq": 32, "hkv": 8, "head_dim": 128, "page_size": 16}
 

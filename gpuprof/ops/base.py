@@ -54,6 +54,9 @@ class Op:
     shape_keys: tuple[str, ...] = ()  # the contract's shape fields that this op uses
     shape_help: dict[str, str] = {}  # what each shape field counts, for the error when one is missing
     shape_example: str = ""  # shape options of a sensible first run, for the same error
+    # Check the worst row of the output's leading dimension instead of the whole: where the rows are separate
+    # problems (the sequences of a batch) whose norms differ widely.
+    error_per_row: bool = False
 
     def shape(self, **given: int) -> dict[str, int]:
         """Complete and check a shape (fill defaults, reject impossible combinations with GpuprofError)."""
@@ -83,7 +86,8 @@ class Op:
         raise NotImplementedError
 
     def tolerance(self, dtype: str) -> float:
-        """Largest relative error ||out - ref|| / ||ref|| accepted for this dtype."""
+        """Largest relative error ||out - ref|| / ||ref|| accepted for this dtype (of the worst row, with
+        `error_per_row`)."""
         return {"fp32": 1e-4, "fp16": 5e-3, "bf16": 1e-2}[dtype]
 
     def available(self, impl: str, device: str) -> str | None:

@@ -45,3 +45,28 @@ def require_last_dim_contiguous(named: Iterable[tuple[str, torch.Tensor | None]]
         if t is not None and t.shape[-1] > 1 and t.stride(-1) != 1:
             raise GpuprofError(f"{name}'s last dimension must be contiguous (stride 1, not {t.stride(-1)}); "
                                f"pass {name}.contiguous().")
+
+
+def byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) bytes that `t`'s elements can occupy (its extent: gaps between strided rows included)."""
+    start = t.data_ptr()
+    if t.numel() == 0:
+        return start, start
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + (last + 1) * t.element_size()
+
+
+def require_no_overlap(out: torch.Tensor | None, named: Iterable[tuple[str, torch.Tensor | None]]) -> None:
+    """The kernels read their inputs while writing `out` (and the tuner writes every candidate into it), so an
+    `out` sharing memory with an input gives wrong results. Extents are compared, which is conservative: two
+    interleaved views of one buffer count as overlapping."""
+    if out is None:
+        return
+    out_start, out_end = byte_range(out)
+    for name, t in named:
+        if t is None or t.device != out.device:
+            continue
+        start, end = byte_range(t)
+        if start < out_end and out_start < end:
+            raise GpuprofError(f"out must not overlap {name} in memory (the kernel reads {name} while writing out); "
+                               "pass a separate out tensor.")

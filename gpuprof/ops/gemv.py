@@ -18,7 +18,7 @@ from gpuprof.errors import GpuprofError, Unsupported
 from gpuprof.ops.backends import cuda_module, unavailable
 from gpuprof.ops.base import Launch, Op, Work, dtype_bytes, torch_dtype
 from gpuprof.ops.checks import (HALF_DTYPES, describe, require_half, require_last_dim_contiguous,
-                                require_same_device, require_same_dtype, require_tensors)
+                                require_no_overlap, require_same_device, require_same_dtype, require_tensors)
 from gpuprof.ops.tuning import choose, sm_count
 
 IMPLS = ("triton", "cuda")
@@ -52,6 +52,7 @@ def check_gemv_inputs(
     if out is not None and tuple(out.shape) != (m, n):
         raise GpuprofError(f"out must have shape ({m}, {n}); it is {describe(out)}.")
     require_last_dim_contiguous([("x", x), ("w", w), ("bias", bias), ("out", out)])
+    require_no_overlap(out, [("x", x), ("w", w), ("bias", bias)])
     return m, n, k
 
 
