@@ -4,8 +4,10 @@ Every point is one push/pop range of the domain `gpuprof`, named after what runs
 e.g. `attention/triton #3 batch=256 ctx=2048 hq=32 hkv=8 head_dim=128 dtype=bf16`). Inside it, one range per
 phase: `check` (the correctness run), `warmup`, `measure` (the timed or profiled launches) and `counters` (the
 window an NVML sampler watches). The phase is the innermost gpuprof range when a kernel launches, so the Nsight
-Compute filter `gpuprof@measure/` selects the measured launches alone; the `/` inside `attention/triton` never
-takes part in a filter.
+Compute filter `gpuprof@measure/` selects the measured launches alone: by the Nsight Compute CLI guide (NVTX
+Filtering), a single push/pop range name followed by `/` matches that range anywhere in the domain's stack (`[` and
+`]` would pin it to the bottom or top), so the point's range around it does not get in the way. The `/` inside
+`attention/triton` never takes part in a filter.
 
 With no tool attached the nvtx package hands out a do-nothing domain (well under a microsecond per range, and
 ranges wrap launch groups, never single launches); without the nvtx package the ranges are skipped altogether.
