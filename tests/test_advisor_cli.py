@@ -41,7 +41,8 @@ def test_model_mode_works_without_gpu_from_the_datasheet():
 def test_model_mode_json():
     report = advise_json("--model", "llama-3-8b", "--prompt", "1024", "--output", "256")
     assert report["mode"] == "model" and report["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
-    assert report["gpu"]["memory_source"] == "datasheet: H100 SXM5 80GB"
+    assert report["gpu"]["memory_source"].startswith("H100 SXM5 80GB: the total CUDA reports, 79.11 GiB, as seen at https://")
+    assert report["gpu"]["memory_bytes"] == 81008 << 20  # 79.11 GiB, not the marketed 80
     assert report["prediction"] == {**report["prediction"], "source": UNCALIBRATED, "calibrated": False}
     batches = [row["batch"] for row in report["curve"]]
     assert batches[:3] == [1, 2, 4] and batches[-1] == report["memory"]["max_batch_one_replica"]
@@ -52,6 +53,12 @@ def test_model_mode_json():
     v = report["vllm"]
     assert v["max_num_seqs"] == report["b_opt"] and v["instances"] == len(v["commands"]) >= 1
     assert v["instances"] * v["gpu_memory_utilization"] <= 0.9 + 1e-9 and v["max_model_len"] == 1280
+
+
+def test_gpu_without_a_cuda_total_plans_with_the_labelled_margin():
+    report = advise_json("--model", "llama-2-7b", "--gpu", "NVIDIA L4")
+    assert report["gpu"]["memory_bytes"] == int(24 * 2**30 * 0.9)
+    assert "24 GiB less a 10% margin (an assumption" in report["gpu"]["memory_source"]
 
 
 def test_memory_freed_against_the_largest_batch():
@@ -162,10 +169,11 @@ def test_calibrate_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_profile_b_opt_that_does_not_fit_the_workload(tmp_path):
-    # 3072-token sequences of Llama-2-7B take 1.5 GiB each: 38 fit, the measured B_opt of 128 does not.
+    # 3072-token sequences of Llama-2-7B take 1.5 GiB each: 37 fit in the 79.11 GiB CUDA reports on an H100, the
+    # measured B_opt of 128 does not.
     report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b",
                          "--prompt", "2048", "--output", "1024")
-    assert report["b_opt"] == 128 and report["memory"]["max_batch_one_replica"] == 38
+    assert report["b_opt"] == 128 and report["memory"]["max_batch_one_replica"] == 37
     assert report["replicas"] is None and report["vllm"] == {"max_num_seqs": 128}
     assert any("B_opt 128 does not fit" in n for n in report["notes"])
 

@@ -142,3 +142,16 @@ def test_every_datasheet_entry_has_its_memory_size():
 
     assert all(d.memory_bytes >= 16 * GiB for d in DATASHEETS)
     assert datasheet_for("NVIDIA H100 80GB HBM3").memory_bytes == 80 * GiB
+
+
+def test_datasheet_plans_with_what_cuda_reports_or_a_stated_margin():
+    from gpuprof.device import DATASHEET_MEMORY_MARGIN, DATASHEETS
+
+    for d in DATASHEETS:
+        planned, source = d.planning_memory()
+        assert planned < d.memory_bytes  # CUDA never reports the marketed size
+        if d.cuda_memory_bytes:
+            assert planned == d.cuda_memory_bytes and d.cuda_memory_seen_at.startswith("https://")
+            assert d.cuda_memory_bytes > 0.95 * d.memory_bytes  # a seen total, not a different product's
+        else:
+            assert planned == int(d.memory_bytes * (1 - DATASHEET_MEMORY_MARGIN)) and "margin" in source

@@ -35,7 +35,8 @@ def resolve_gpu(name: str | None, memory_gb: float | None) -> Gpu:
     sheet = datasheet_for(name)
     if sheet is None or not sheet.memory_bytes:
         raise GpuprofError(f"gpuprof has no datasheet memory size for {name!r}; give it with --gpu-memory-gb.")
-    return Gpu(name, sheet.memory_bytes, f"datasheet: {sheet.name}")
+    # vLLM's --gpu-memory-utilization is a share of the total CUDA reports, which is less than the marketed size.
+    return Gpu(name, *sheet.planning_memory())
 
 
 @click.command("advise")
