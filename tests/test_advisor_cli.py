@@ -125,7 +125,9 @@ def test_calibrate_then_advise_uses_the_calibration(tmp_path):
         (("--model", "llama-2-7b", "--epsilon", "1.5"), "--epsilon must lie strictly between 0 and 1"),
         (("--model", "llama-2-7b", "--latency-factor", "0"), "--latency-factor must be positive"),
         (("--model", "llama-2-13b", "--gpu", "NVIDIA L4"), "cannot fit even at batch 1"),
-        (("--model", "llama-2-7b", "--prompt", "200000"), "cannot fit even at batch 1"),
+        (("--model", "llama-3.1-8b", "--gpu", "NVIDIA GeForce RTX 4090", "--prompt", "120000"),
+         "cannot fit even at batch 1"),
+        (("--model", "llama-2-7b", "--prompt", "200000"), "exceeds llama-2-7b's 4096 positions"),
         (("--model", "llama-2-7b", "--gpu", "Tesla T4"), "no datasheet memory size for 'Tesla T4'; give it with --gpu-memory-gb"),
         (("--model", "llama-2-7b", "--gpu", "Tesla T4", "--gpu-memory-gb", "16"), "no calibration and no datasheet entry for 'Tesla T4'"),
         (("--model", "llama-2-7b", "--batches", "4096"), "none of the --batches fits in memory"),
@@ -187,3 +189,18 @@ def test_plans_for_the_visible_gpu_by_default(monkeypatch):
     assert report["gpu"]["name"] == torch.cuda.get_device_name()
     assert report["gpu"]["memory_bytes"] == torch.cuda.get_device_properties(0).total_memory
     assert report["gpu"]["memory_source"] == "this GPU, as CUDA reports it"
+
+
+def test_sequence_beyond_the_model_context_is_one_error(tmp_path):
+    r = invoke("advise", "--model", "llama-3-8b", "--prompt", "8000", "--output", "1000")
+    assert r.exit_code != 0 and "Traceback" not in r.output and "vllm serve" not in r.output
+    assert "the longest sequence (9000 tokens, prompt + output) exceeds llama-3-8b's 8192 positions" in r.output
+    r = invoke("advise", "--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-3-8b",
+               "--prompt", "8000", "--output", "1000")
+    assert r.exit_code != 0 and "exceeds llama-3-8b's 8192 positions" in r.output
+
+
+def test_llama_3_1_hub_id_plans_its_own_context():
+    report = advise_json("--model", "meta-llama/Llama-3.1-8B", "--prompt", "8000", "--output", "1000")
+    assert report["vllm"]["max_model_len"] == 9000
+    assert all(c.startswith("vllm serve meta-llama/Llama-3.1-8B ") for c in report["vllm"]["commands"])

@@ -56,7 +56,16 @@ class Serving:
     workload: Workload
 
 
+def require_context_fits(model: ModelShape, workload: Workload) -> None:
+    """Stop where the longest sequence is beyond the model's positions: vLLM refuses that --max-model-len."""
+    if workload.max_tokens > model.max_position:
+        raise GpuprofError(
+            f"the longest sequence ({workload.max_tokens} tokens, prompt + output) exceeds {model.name}'s "
+            f"{model.max_position} positions; shorten the prompt or output, or choose a model with a longer context.")
+
+
 def budget_for(serving: Serving, deployment: Deployment) -> MemoryBudget:
+    require_context_fits(serving.model, serving.workload)
     size = dtype_bytes(deployment.dtype)
     model, gpu = serving.model, serving.gpu
     budget = MemoryBudget(gpu.memory_bytes, model.weight_bytes(size), model.kv_bytes_per_token(size),
@@ -168,7 +177,7 @@ def _serving_plan(serving: Serving, deployment: Deployment, budget: MemoryBudget
                          "replica gain")
     else:
         notes.append(f"B_opt {b_opt} does not fit this workload's KV cache in memory; no replica plan")
-    notes += _model_notes(serving.model, serving.workload, serving.calibration)
+    notes += _model_notes(serving.calibration)
     return plan
 
 
@@ -278,11 +287,8 @@ def _prediction_summary(calibration: Calibration) -> dict:
             "kernels": {name: asdict(fit) for name, fit in calibration.kernels.items()}}
 
 
-def _model_notes(model: ModelShape, workload: Workload, calibration: Calibration) -> list[str]:
+def _model_notes(calibration: Calibration) -> list[str]:
     notes = []
-    if workload.max_tokens > model.max_position:
-        notes.append(f"the longest sequence ({workload.max_tokens} tokens) exceeds {model.name}'s "
-                     f"{model.max_position} positions")
     if not calibration.calibrated:
         notes.append(f"predictions: {calibration.source}; fit a calibration with `gpuprof sweep` + `gpuprof calibrate`")
     notes.append(f"the small kernels of a step (norms, rotary, activation) are {SMALL_KERNELS}")
