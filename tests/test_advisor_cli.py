@@ -204,3 +204,11 @@ def test_llama_3_1_hub_id_plans_its_own_context():
     report = advise_json("--model", "meta-llama/Llama-3.1-8B", "--prompt", "8000", "--output", "1000")
     assert report["vllm"]["max_model_len"] == 9000
     assert all(c.startswith("vllm serve meta-llama/Llama-3.1-8B ") for c in report["vllm"]["commands"])
+
+
+@pytest.mark.parametrize("args", [("--workspace-gb", "nan"), ("--gpu-memory-gb", "nan"), ("--gpu-memory-gb", "inf"),
+                                  ("--memory-fraction", "nan"), ("--step-overhead-us", "inf")])
+def test_non_finite_numbers_are_one_sentence(args):
+    r = invoke("advise", "--model", "llama-2-7b", *args)
+    assert r.exit_code == 1 and "Traceback" not in r.output and r.output.count("\n") == 1
+    assert f"{args[0]} takes a finite number, not {float(args[1])}." in r.output
