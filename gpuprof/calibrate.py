@@ -5,8 +5,8 @@ passed its check *and that the decode step can run* is kept: paged attention in 
 points are baselines the step never uses, recorded with page_size 0), and for linear any implementation (the step
 picks the faster of GEMV and cuBLAS per shape). Shapes are grouped without page_size, so each attention shape
 gives one point. Its time is fitted to overhead_us + max(bytes / bandwidth, flops / compute), bytes and FLOPs
-counted by `gpuprof.advisor.work` (the counts the advisor predicts with), by least squares on log time: every point weighs
-by its relative error, so microsecond kernels count as much as millisecond ones. The three parameters are found
+counted by `gpuprof.advisor.work` (the counts the advisor predicts with), by least squares on log time: every
+point weighs by its relative error, so microsecond kernels count as much as millisecond ones. The three parameters are found
 by a grid search refined around the best cell, which needs no starting guess and cannot diverge.
 
 A rate the run cannot show (no point was compute-bound, as for decode attention) is taken from the run's

@@ -268,8 +268,8 @@ class Datasheet:
     def planning_memory(self) -> tuple[int, str]:
         """(bytes, where from) for planning without the GPU: CUDA's total where seen, else the margined datasheet."""
         if self.cuda_memory_bytes:
-            return self.cuda_memory_bytes, (f"{self.name}: the total CUDA reports, "
-                                            f"{self.cuda_memory_bytes / GiB:.2f} GiB, as seen at {self.cuda_memory_seen_at}")
+            seen = f"{self.cuda_memory_bytes / GiB:.2f} GiB, as seen at {self.cuda_memory_seen_at}"
+            return self.cuda_memory_bytes, f"{self.name}: the total CUDA reports, {seen}"
         planned = int(self.memory_bytes * (1 - DATASHEET_MEMORY_MARGIN))
         return planned, (f"datasheet: {self.name}, {self.memory_bytes / GiB:.0f} GiB less a "
                          f"{DATASHEET_MEMORY_MARGIN:.0%} margin (an assumption: the total CUDA reports for this GPU "
