@@ -212,3 +212,21 @@ def test_non_finite_numbers_are_one_sentence(args):
     r = invoke("advise", "--model", "llama-2-7b", *args)
     assert r.exit_code == 1 and "Traceback" not in r.output and r.output.count("\n") == 1
     assert f"{args[0]} takes a finite number, not {float(args[1])}." in r.output
+
+
+def test_memory_freed_counts_from_the_largest_batch_that_fits(tmp_path):
+    # Measured up to 256, but Llama-2-7B at 768 tokens a sequence holds at most 151 on an H100: freed is counted
+    # from 151, not from the 96 GiB of KV cache a batch of 256 would need.
+    report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b")
+    m = report["memory"]
+    assert m["b_opt"] == 128 and m["largest_batch"] == m["max_batch_one_replica"] == 151
+    assert "the largest measured, 256, does not" in m["largest_batch_is"]
+    per_sequence = m["kv_tokens_per_sequence"] * m["kv_bytes_per_token"]
+    assert m["freed_bytes"] == pytest.approx((151 - 128) * per_sequence)
+
+
+def test_nothing_is_freed_when_b_opt_does_not_fit(tmp_path):
+    report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b",
+                         "--prompt", "2048", "--output", "1024")
+    m = report["memory"]
+    assert m["b_opt"] == 128 > m["largest_batch"] == 37 and m["freed_bytes"] == 0

@@ -135,12 +135,20 @@ def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployme
         report["notes"].append(f"batches above {budget.max_batch()} were measured but do not fit this workload's "
                                "KV cache in the memory plan; they are left out of replicas and the Pareto frontier")
     steps = predict_steps(serving, deployment, [p.batch for p in fitting])
-    largest = (table.points[-1].batch, "the largest measured batch")
+    largest = _largest_reachable(table.points[-1].batch, budget.max_batch())
     plan = _serving_plan(serving, deployment, budget, steps, b_opt, largest, report["latency_bound_ms"],
                          anchors={p.batch: p for p in fitting})
     report["notes"] += plan.pop("notes")
     report.update(plan)
     return report
+
+
+def _largest_reachable(measured: int, fits: int) -> tuple[int, str]:
+    """The batch "memory freed" is counted from: the largest measured, unless it does not fit in memory."""
+    if measured <= fits:
+        return measured, "the largest measured batch"
+    # Memory a plan could never hold is not freed by choosing B_opt: count from the largest batch that fits.
+    return fits, f"the largest batch that fits in memory; the largest measured, {measured}, does not"
 
 
 def _choose(curve: Sequence[CurvePoint], criteria: Criteria, deployment: Deployment, origin: str,
@@ -250,7 +258,8 @@ def _memory(budget: MemoryBudget, gpu: Gpu, b_opt: int, largest: tuple[int, str]
         "largest_batch": largest_batch,
         "largest_batch_is": largest_what,
         "kv_bytes_largest": budget.kv_bytes(largest_batch),
-        "freed_bytes": budget.kv_bytes(largest_batch) - budget.kv_bytes(b_opt),
+        # Nothing is freed where B_opt itself is beyond the largest batch that fits (no plan holds it).
+        "freed_bytes": max(budget.kv_bytes(largest_batch) - budget.kv_bytes(b_opt), 0.0),
         "max_batch_one_replica": budget.max_batch(),
     }
 
