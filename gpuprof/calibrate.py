@@ -1,9 +1,12 @@
 """Fit a calibration from a sweep run: per kernel, effective GB/s, TFLOP/s and a fixed cost per call.
 
-For each measured shape the fastest implementation that passed its check is kept (what a serving engine would
-pick). Its time is fitted to overhead_us + max(bytes / bandwidth, flops / compute), bytes and FLOPs counted by
-`gpuprof.advisor.work` (the counts the advisor predicts with), by least squares on log time: every point weighs
-by its relative error, so microsecond kernels count as much as millisecond ones. The three parameters are found
+The calibration models gpuprof's own decode step, so for each measured shape the fastest implementation that
+passed its check *and that the decode step can run* is kept: paged attention in triton or cuda (the torch SDPA
+points are baselines the step never uses, recorded with page_size 0), and for linear any implementation (the step
+picks the faster of GEMV and cuBLAS per shape). Shapes are grouped without page_size, so each attention shape
+gives one point. Its time is fitted to overhead_us + max(bytes / bandwidth, flops / compute), bytes and FLOPs
+counted by `gpuprof.advisor.work` (the counts the advisor predicts with), by least squares on log time: every
+point weighs by its relative error, so microsecond kernels count as much as millisecond ones. The three parameters are found
 by a grid search refined around the best cell, which needs no starting guess and cannot diverge.
 
 A rate the run cannot show (no point was compute-bound, as for decode attention) is taken from the run's
@@ -23,16 +26,21 @@ from gpuprof.advisor.work import Work, attention_work, linear_work
 from gpuprof.device import git_commit
 from gpuprof.errors import GpuprofError
 from gpuprof.ops.base import dtype_bytes
-from gpuprof.records import SHAPE_KEYS, TRACES, Run, utc_now, write_json
+from gpuprof.records import TRACES, Run, utc_now, write_json
 
 MIN_POINTS = 3
+# The implementations the decode step can run, per kernel (None: every one). Attention matches
+# gpuprof.ops.attention.IMPLS, not imported here because calibrate must run without triton.
+STEP_IMPLS: dict[str, tuple[str, ...] | None] = {"attention": ("triton", "cuda"), "linear": None}
+# What makes two points the same work: the advisor's counting needs nothing else (page_size changes neither).
+WORK_KEYS = {"attention": ("batch", "ctx", "hq", "hkv", "head_dim"), "linear": ("m", "n", "k")}
 _GRID = 24  # cells per parameter and round
 _ROUNDS = 5
 
 
 def point_work(point: Mapping, size: int) -> Work | None:
     """Bytes and FLOPs of a recorded point by the advisor's counting; None where its shape is incomplete."""
-    keys = ("batch", "ctx", "hq", "hkv", "head_dim") if point["kernel"] == "attention" else ("m", "n", "k")
+    keys = WORK_KEYS["attention" if point["kernel"] == "attention" else "linear"]
     if any(not isinstance(point.get(k), (int, float)) or point[k] <= 0 for k in keys):
         return None
     if point["kernel"] == "attention":
@@ -40,13 +48,21 @@ def point_work(point: Mapping, size: int) -> Work | None:
     return linear_work(*(point[k] for k in keys), size)
 
 
+def step_can_run(kernel: str, impl: str | None) -> bool:
+    """Whether the decode step could run this implementation of `kernel`."""
+    allowed = STEP_IMPLS.get(kernel)
+    return allowed is None or impl in allowed
+
+
 def fastest_points(points: list[dict], kernel: str) -> list[dict]:
-    """One point per shape: the fastest ok implementation."""
+    """One point per shape of the same work: the fastest ok implementation the decode step can use."""
     best: dict[tuple, dict] = {}
     for p in points:
         if p.get("kernel") != kernel or p.get("status") != "ok" or not (p.get("time_us") or 0) > 0:
             continue
-        key = tuple(p.get(k) for k in SHAPE_KEYS)
+        if not step_can_run(kernel, p.get("impl")):
+            continue
+        key = tuple(p.get(k) for k in WORK_KEYS[kernel])
         if key not in best or p["time_us"] < best[key]["time_us"]:
             best[key] = p
     return list(best.values())
@@ -83,7 +99,8 @@ def fit_roofline(nbytes: np.ndarray, flops: np.ndarray, time_us: np.ndarray) -> 
     return float(np.exp(log_bw)), float(np.exp(log_tf)), float(overhead)
 
 
-def fit_kernel(points: list[dict], size: int, ceilings: Mapping, dtype: str) -> KernelFit:
+def fit_kernel(points: list[dict], size: int, ceilings: Mapping, dtype: str,
+               eligible_impls: list[str] | None = None) -> KernelFit:
     """Fit one kernel's fastest points; rates the points cannot show come from the run's ceilings."""
     works = [(p, w) for p in points if (w := point_work(p, size)) is not None]
     nbytes = np.array([w.bytes for _, w in works])
@@ -113,9 +130,21 @@ def fit_kernel(points: list[dict], size: int, ceilings: Mapping, dtype: str) -> 
     counts = {i: impls.count(i) for i in sorted(set(impls), key=str)}
     recorded = [p["bytes"] / w.bytes for p, w in works if p.get("bytes")]
     details.update(median_rel_err=float(np.median(rel_err)), max_rel_err=float(rel_err.max()),
-                   fastest_impls=counts,
+                   fastest_impls=counts, eligible_impls=eligible_impls,
                    recorded_bytes_ratio=float(np.median(recorded)) if recorded else None)
     return KernelFit(gbps, tflops, overhead, max(counts, key=counts.get), details)
+
+
+def eligible_impls(points: list[dict], kernel: str) -> list[str]:
+    """The run's ok implementations of `kernel` that the fit chose among (for the record in the fit details)."""
+    found = {p.get("impl") for p in points if p.get("kernel") == kernel and p.get("status") == "ok"}
+    return sorted((i for i in found if step_can_run(kernel, i)), key=str)
+
+
+def _counted(kernel: str) -> str:
+    """For the too-few-shapes error: which implementations were counted, where not all of them."""
+    allowed = STEP_IMPLS.get(kernel)
+    return f" (counting {', '.join(allowed)}: the implementations the decode step runs)" if allowed else ""
 
 
 def _unseen_rate(bound: str, ceilings: Mapping, key: str, floor: float) -> tuple[float, str]:
@@ -160,8 +189,9 @@ def fit_run(path: Path, dtype: str | None = None, step_overhead_us: float = 0.0)
         chosen = [p for p in fastest_points(in_dtype, kernel) if point_work(p, size)]
         if len(chosen) < MIN_POINTS:
             raise GpuprofError(f"{path} has {len(chosen)} ok {kernel} shapes in {dtype}; a calibration needs at least "
-                               f"{MIN_POINTS} of each kernel ({', '.join(KERNELS)}), from `gpuprof sweep`.")
-        kernels[kernel] = asdict(fit_kernel(chosen, size, ceilings, dtype))
+                               f"{MIN_POINTS} of each kernel ({', '.join(KERNELS)}), from `gpuprof sweep`"
+                               f"{_counted(kernel)}.")
+        kernels[kernel] = asdict(fit_kernel(chosen, size, ceilings, dtype, eligible_impls(in_dtype, kernel)))
     return {
         "format": FORMAT,
         "dtype": dtype,

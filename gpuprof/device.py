@@ -239,6 +239,15 @@ def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-gpu"
 
 
+GiB = 1 << 30
+
+# Where CUDA's total for a GPU was not found, the advisor plans with the marketed size less this margin. CUDA
+# reports less than the marketed size (79.11 GiB on an "80GB" H100, 23.64 GiB on a "24GB" RTX 4090), and GDDR
+# cards lose more: nvidia-smi shows an L4 ("24GB") at 23034 MiB, 6% under 24 GiB
+# (https://github.com/modal-labs/modal-client/pull/2797), and CUDA's total is below nvidia-smi's. 10% covers these.
+DATASHEET_MEMORY_MARGIN = 0.10
+
+
 @dataclass(frozen=True)
 class Datasheet:
     """Vendor figures: dense (no sparsity) tensor-core rates, the memory bandwidth and the memory size."""
@@ -250,23 +259,55 @@ class Datasheet:
     bf16_tflops: float
     fp32_tflops: float
     source: str
-    memory_bytes: int = 0  # the vendor's "GB" read as GiB, as HBM stacks are (80GB = 5 x 16 GiB)
+    memory_bytes: int = 0  # the marketed size: the vendor's "GB" read as GiB, as HBM stacks are (80GB = 5 x 16 GiB)
+    # The total CUDA reports (torch's total_memory, what vLLM's --gpu-memory-utilization multiplies), as a torch
+    # out-of-memory message printed it (to 0.01 GiB), and where that was seen; 0 and "" where none was found.
+    cuda_memory_bytes: int = 0
+    cuda_memory_seen_at: str = ""
+
+    def planning_memory(self) -> tuple[int, str]:
+        """(bytes, where from) for planning without the GPU: CUDA's total where seen, else the margined datasheet."""
+        if self.cuda_memory_bytes:
+            seen = f"{self.cuda_memory_bytes / GiB:.2f} GiB, as seen at {self.cuda_memory_seen_at}"
+            return self.cuda_memory_bytes, f"{self.name}: the total CUDA reports, {seen}"
+        planned = int(self.memory_bytes * (1 - DATASHEET_MEMORY_MARGIN))
+        return planned, (f"datasheet: {self.name}, {self.memory_bytes / GiB:.0f} GiB less a "
+                         f"{DATASHEET_MEMORY_MARGIN:.0%} margin (an assumption: the total CUDA reports for this GPU "
+                         "was not found, and it is less than the marketed size)")
 
 
-# Only where nothing was measured; always reported with source "datasheet".
+def _seen_gib(gib: float) -> int:
+    """A total printed in GiB with two decimals, in bytes (rounded down to a whole MiB)."""
+    return int(gib * 1024) << 20
+
+
+# Only where nothing was measured; always reported with source "datasheet". The CUDA totals were read from torch
+# out-of-memory messages ("GPU 0 has a total capacity of X GiB") in public issues that name the GPU; where several
+# were seen for one product, the smallest is kept (planning on a larger total than the card has overcommits it).
+_H100_SXM = (_seen_gib(79.11), "https://github.com/vllm-project/vllm/issues/27508 (NVIDIA H100 80GB HBM3)")
+# A100 80GB: 79.25 GiB on "an A100" with 80GB (SXM or PCIe not stated); 79.35 GiB also seen at
+# https://github.com/OSU-NLP-Group/TableLlama/issues/10.
+_A100_80 = (_seen_gib(79.25), "https://github.com/HiDream-ai/VAREdit/issues/6 (an A100 80GB, SXM or PCIe not stated)")
+# A100 40GB: 39.50 GiB on "one A100" (variant not stated); 39.59 GiB also seen at
+# https://github.com/meta-llama/llama/issues/52.
+_A100_40 = (_seen_gib(39.50), "https://github.com/TianheWu/CoSeR/issues/10 (an A100 40GB, SXM or PCIe not stated)")
+# RTX 4090: 23.64 GiB; 23.65 and 23.68 GiB also seen (https://github.com/MotrixLab/AiOS/issues/29,
+# https://github.com/zai-org/CogVideo/issues/36).
+_RTX_4090 = (_seen_gib(23.64), "https://github.com/ali-vilab/VGen/issues/104 (RTX 4090 24GB)")
 DATASHEETS: tuple[Datasheet, ...] = (
-    Datasheet("H100 SXM5 80GB", r"\bh100\b.*\bhbm3\b", 3350, 989.4, 989.4, 66.9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)", 80 << 30),
+    Datasheet("H100 SXM5 80GB", r"\bh100\b.*\bhbm3\b", 3350, 989.4, 989.4, 66.9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)", 80 << 30, *_H100_SXM),
+    # H100 PCIe, H200, L40S and L4: no CUDA total found; planned with DATASHEET_MEMORY_MARGIN.
     Datasheet("H100 PCIe 80GB", r"\bh100\b.*\bpcie\b", 2000, 756.5, 756.5, 51.2, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)", 80 << 30),
     Datasheet("H200 SXM 141GB", r"\bh200\b", 4800, 989.4, 989.4, 66.9, "NVIDIA H200 Tensor Core GPU datasheet (SXM)", 141 << 30),
     # A100: the PCIe cards name themselves with "PCIe" ("NVIDIA A100 80GB PCIe", "NVIDIA A100-PCIE-40GB"), the SXM
     # modules do not; the 80GB PCIe card has slower memory than the 80GB SXM module.
-    Datasheet("A100 SXM4 80GB", r"^(?!.*\bpcie\b).*\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", 80 << 30),
-    Datasheet("A100 PCIe 80GB", r"^(?=.*\bpcie\b).*\ba100\b.*\b80gb\b", 1935, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB PCIe)", 80 << 30),
-    Datasheet("A100 SXM4 40GB", r"^(?!.*\bpcie\b).*\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)", 40 << 30),
-    Datasheet("A100 PCIe 40GB", r"^(?=.*\bpcie\b).*\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB PCIe)", 40 << 30),
+    Datasheet("A100 SXM4 80GB", r"^(?!.*\bpcie\b).*\ba100\b.*\b80gb\b", 2039, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", 80 << 30, *_A100_80),
+    Datasheet("A100 PCIe 80GB", r"^(?=.*\bpcie\b).*\ba100\b.*\b80gb\b", 1935, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (80GB PCIe)", 80 << 30, *_A100_80),
+    Datasheet("A100 SXM4 40GB", r"^(?!.*\bpcie\b).*\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)", 40 << 30, *_A100_40),
+    Datasheet("A100 PCIe 40GB", r"^(?=.*\bpcie\b).*\ba100\b.*\b40gb\b", 1555, 312.0, 312.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet (40GB PCIe)", 40 << 30, *_A100_40),
     Datasheet("L40S", r"\bl40s\b", 864, 362.05, 362.05, 91.6, "NVIDIA L40S GPU datasheet", 48 << 30),
     Datasheet("L4", r"\bl4\b", 300, 121.0, 121.0, 30.3, "NVIDIA L4 Tensor Core GPU datasheet", 24 << 30),
-    Datasheet("RTX 4090", r"\b4090\b", 1008, 165.2, 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090, FP32 accumulate)", 24 << 30),
+    Datasheet("RTX 4090", r"\b4090\b", 1008, 165.2, 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090, FP32 accumulate)", 24 << 30, *_RTX_4090),
 )
 
 

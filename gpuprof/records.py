@@ -220,7 +220,16 @@ class Run:
         return cls(path)
 
     def manifest(self) -> dict:
-        return json.loads(self.manifest_path.read_text())
+        """manifest.json as a dict; a damaged or foreign file is one sentence naming it."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise GpuprofError(f"{self.manifest_path} cannot be read as JSON ({e.__class__.__name__}); it is damaged "
+                               "or not a gpuprof manifest.") from None
+        if not isinstance(manifest, dict):
+            raise GpuprofError(f"{self.manifest_path} holds a JSON {type(manifest).__name__}, not the object a gpuprof "
+                               "manifest is.")
+        return manifest
 
     def append(self, point: Mapping) -> None:
         """Write one finished point and make it durable, so an interrupted run loses nothing."""

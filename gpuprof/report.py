@@ -56,7 +56,8 @@ class RunData:
 
     @property
     def peaks(self) -> dict:
-        return self.manifest.get("peaks") or {}
+        peaks = self.manifest.get("peaks")
+        return peaks if isinstance(peaks, dict) else {}
 
     def ok(self) -> list[dict]:
         return [p for p in self.points if p.get("status") == "ok" and p.get("time_us")]
@@ -108,8 +109,19 @@ def _series_order(key: tuple) -> tuple:
 
 def ridge_point(peaks: Mapping, dtype: str) -> float | None:
     """FLOP per byte at which the memory roof meets the compute roof: peak TFLOP/s over copy GB/s."""
-    flops, gbps = peaks.get(f"{dtype}_tflops"), peaks.get("copy_gbps")
+    flops, gbps = _ceiling(peaks, f"{dtype}_tflops"), _ceiling(peaks, "copy_gbps")
     return flops * 1e3 / gbps if flops and gbps else None
+
+
+def _ceiling(peaks: Mapping, key: str) -> float | None:
+    """A ceiling from the manifest; anything but a positive finite number (a foreign or damaged file) is missing."""
+    value = peaks.get(key)
+    return float(value) if _is_number(value) and math.isfinite(value) and value > 0 else None
+
+
+def _is_number(value) -> bool:
+    """A JSON number (bool is an int to Python, not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def ridge_crossing(points: Sequence[Mapping], ridge: float | None) -> int | None:
@@ -381,8 +393,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _num(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
+    if not _is_number(value):
+        return "-"  # missing, or not a number in a foreign file
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.{digits}g}"
@@ -519,16 +531,24 @@ def problems(data: RunData, limit: int = 15) -> list[list[object]]:
     return [[n, s, k, i, e] for (s, k, i, e), n in counts.most_common(limit)]
 
 
+def _memory(nbytes) -> str:
+    """The GPU's memory for the header; 'unknown' where a foreign manifest lacks it or holds no number."""
+    if not _is_number(nbytes):
+        return "memory unknown"
+    return f"{nbytes / 2**30:.0f} GiB"
+
+
 def _header(data: RunData) -> list[str]:
     m = data.manifest
     gpu, versions, peaks = m.get("gpu") or {}, m.get("versions") or {}, data.peaks
+    gpu = gpu if isinstance(gpu, dict) else {}
     sessions = m.get("sessions") or []
     took = sum(s.get("elapsed_s") or 0 for s in sessions)
     statuses = Counter(p.get("status") for p in data.points)
     lines = [
         f"# Sweep report: {data.path.name}",
         "",
-        f"- GPU: {_gpu_name(data)}" + (f", {gpu.get('sm_count')} SMs, {gpu['memory_bytes'] / 2**30:.0f} GiB, "
+        f"- GPU: {_gpu_name(data)}" + (f", {gpu.get('sm_count')} SMs, {_memory(gpu.get('memory_bytes'))}, "
                                          f"driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}" if gpu else ""),
         "- software: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- git commit: {m.get('git_commit')}; started {m.get('started_at')}",

@@ -14,6 +14,8 @@ Record conventions (shared with report and calibrate):
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -113,7 +115,7 @@ def make_grid(
     for name, values in (("batch", batches), ("ctx", ctxs)):
         if not values or min(values) <= 0:
             raise GpuprofError(f"--{name} takes positive whole numbers, not {list(values)}.")
-    if max_time_s <= 0:
+    if not (math.isfinite(max_time_s) and max_time_s > 0):  # nan passes `<= 0`
         raise GpuprofError(f"--max-time takes a positive number of seconds, not {max_time_s}.")
     return Grid(
         models=tuple(_unique([get_model(m) for m in models])),

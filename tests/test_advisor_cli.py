@@ -41,7 +41,8 @@ def test_model_mode_works_without_gpu_from_the_datasheet():
 def test_model_mode_json():
     report = advise_json("--model", "llama-3-8b", "--prompt", "1024", "--output", "256")
     assert report["mode"] == "model" and report["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
-    assert report["gpu"]["memory_source"] == "datasheet: H100 SXM5 80GB"
+    assert report["gpu"]["memory_source"].startswith("H100 SXM5 80GB: the total CUDA reports, 79.11 GiB, as seen at https://")
+    assert report["gpu"]["memory_bytes"] == 81008 << 20  # 79.11 GiB, not the marketed 80
     assert report["prediction"] == {**report["prediction"], "source": UNCALIBRATED, "calibrated": False}
     batches = [row["batch"] for row in report["curve"]]
     assert batches[:3] == [1, 2, 4] and batches[-1] == report["memory"]["max_batch_one_replica"]
@@ -52,6 +53,12 @@ def test_model_mode_json():
     v = report["vllm"]
     assert v["max_num_seqs"] == report["b_opt"] and v["instances"] == len(v["commands"]) >= 1
     assert v["instances"] * v["gpu_memory_utilization"] <= 0.9 + 1e-9 and v["max_model_len"] == 1280
+
+
+def test_gpu_without_a_cuda_total_plans_with_the_labelled_margin():
+    report = advise_json("--model", "llama-2-7b", "--gpu", "NVIDIA L4")
+    assert report["gpu"]["memory_bytes"] == int(24 * 2**30 * 0.9)
+    assert "24 GiB less a 10% margin (an assumption" in report["gpu"]["memory_source"]
 
 
 def test_memory_freed_against_the_largest_batch():
@@ -118,7 +125,9 @@ def test_calibrate_then_advise_uses_the_calibration(tmp_path):
         (("--model", "llama-2-7b", "--epsilon", "1.5"), "--epsilon must lie strictly between 0 and 1"),
         (("--model", "llama-2-7b", "--latency-factor", "0"), "--latency-factor must be positive"),
         (("--model", "llama-2-13b", "--gpu", "NVIDIA L4"), "cannot fit even at batch 1"),
-        (("--model", "llama-2-7b", "--prompt", "200000"), "cannot fit even at batch 1"),
+        (("--model", "llama-3.1-8b", "--gpu", "NVIDIA GeForce RTX 4090", "--prompt", "120000"),
+         "cannot fit even at batch 1"),
+        (("--model", "llama-2-7b", "--prompt", "200000"), "exceeds llama-2-7b's 4096 positions"),
         (("--model", "llama-2-7b", "--gpu", "Tesla T4"), "no datasheet memory size for 'Tesla T4'; give it with --gpu-memory-gb"),
         (("--model", "llama-2-7b", "--gpu", "Tesla T4", "--gpu-memory-gb", "16"), "no calibration and no datasheet entry for 'Tesla T4'"),
         (("--model", "llama-2-7b", "--batches", "4096"), "none of the --batches fits in memory"),
@@ -162,10 +171,11 @@ def test_calibrate_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_profile_b_opt_that_does_not_fit_the_workload(tmp_path):
-    # 3072-token sequences of Llama-2-7B take 1.5 GiB each: 38 fit, the measured B_opt of 128 does not.
+    # 3072-token sequences of Llama-2-7B take 1.5 GiB each: 37 fit in the 79.11 GiB CUDA reports on an H100, the
+    # measured B_opt of 128 does not.
     report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b",
                          "--prompt", "2048", "--output", "1024")
-    assert report["b_opt"] == 128 and report["memory"]["max_batch_one_replica"] == 38
+    assert report["b_opt"] == 128 and report["memory"]["max_batch_one_replica"] == 37
     assert report["replicas"] is None and report["vllm"] == {"max_num_seqs": 128}
     assert any("B_opt 128 does not fit" in n for n in report["notes"])
 
@@ -179,3 +189,44 @@ def test_plans_for_the_visible_gpu_by_default(monkeypatch):
     assert report["gpu"]["name"] == torch.cuda.get_device_name()
     assert report["gpu"]["memory_bytes"] == torch.cuda.get_device_properties(0).total_memory
     assert report["gpu"]["memory_source"] == "this GPU, as CUDA reports it"
+
+
+def test_sequence_beyond_the_model_context_is_one_error(tmp_path):
+    r = invoke("advise", "--model", "llama-3-8b", "--prompt", "8000", "--output", "1000")
+    assert r.exit_code != 0 and "Traceback" not in r.output and "vllm serve" not in r.output
+    assert "the longest sequence (9000 tokens, prompt + output) exceeds llama-3-8b's 8192 positions" in r.output
+    r = invoke("advise", "--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-3-8b",
+               "--prompt", "8000", "--output", "1000")
+    assert r.exit_code != 0 and "exceeds llama-3-8b's 8192 positions" in r.output
+
+
+def test_llama_3_1_hub_id_plans_its_own_context():
+    report = advise_json("--model", "meta-llama/Llama-3.1-8B", "--prompt", "8000", "--output", "1000")
+    assert report["vllm"]["max_model_len"] == 9000
+    assert all(c.startswith("vllm serve meta-llama/Llama-3.1-8B ") for c in report["vllm"]["commands"])
+
+
+@pytest.mark.parametrize("args", [("--workspace-gb", "nan"), ("--gpu-memory-gb", "nan"), ("--gpu-memory-gb", "inf"),
+                                  ("--memory-fraction", "nan"), ("--step-overhead-us", "inf")])
+def test_non_finite_numbers_are_one_sentence(args):
+    r = invoke("advise", "--model", "llama-2-7b", *args)
+    assert r.exit_code == 1 and "Traceback" not in r.output and r.output.count("\n") == 1
+    assert f"{args[0]} takes a finite number, not {float(args[1])}." in r.output
+
+
+def test_memory_freed_counts_from_the_largest_batch_that_fits(tmp_path):
+    # Measured up to 256, but Llama-2-7B at 768 tokens a sequence holds at most 151 on an H100: freed is counted
+    # from 151, not from the 96 GiB of KV cache a batch of 256 would need.
+    report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b")
+    m = report["memory"]
+    assert m["b_opt"] == 128 and m["largest_batch"] == m["max_batch_one_replica"] == 151
+    assert "the largest measured, 256, does not" in m["largest_batch_is"]
+    per_sequence = m["kv_tokens_per_sequence"] * m["kv_bytes_per_token"]
+    assert m["freed_bytes"] == pytest.approx((151 - 128) * per_sequence)
+
+
+def test_nothing_is_freed_when_b_opt_does_not_fit(tmp_path):
+    report = advise_json("--profile", write_profile(tmp_path / "runs.csv"), "--model", "llama-2-7b",
+                         "--prompt", "2048", "--output", "1024")
+    m = report["memory"]
+    assert m["b_opt"] == 128 > m["largest_batch"] == 37 and m["freed_bytes"] == 0

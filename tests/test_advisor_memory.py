@@ -79,8 +79,16 @@ def test_model_that_cannot_fit_at_batch_one_is_one_sentence():
 
 
 def test_a_workload_too_long_for_memory_at_batch_one():
-    # 1M-token sequences of Llama-2-7B take 512 GiB of KV cache each.
+    # A 131072-token sequence of Llama-3.1-8B takes 16 GiB of KV cache: within its context, beyond a 24 GiB card
+    # that also holds 15 GiB of weights.
+    small = Gpu("a 24 GiB GPU", 24 * GiB, "test")
     with pytest.raises(GpuprofError, match="cannot fit even at batch 1"):
+        plan_budget(get_model("llama-3.1-8b"), small, workload.from_specs("131000", "72"), Deployment())
+
+
+def test_a_workload_beyond_the_model_context():
+    # 1M-token sequences: beyond Llama-2-7B's 4096 positions, which is said before memory is.
+    with pytest.raises(GpuprofError, match="exceeds llama-2-7b's 4096 positions"):
         plan_budget(get_model("llama-2-7b"), H100, workload.from_specs("1000000", "1"), Deployment())
 
 
@@ -142,3 +150,16 @@ def test_every_datasheet_entry_has_its_memory_size():
 
     assert all(d.memory_bytes >= 16 * GiB for d in DATASHEETS)
     assert datasheet_for("NVIDIA H100 80GB HBM3").memory_bytes == 80 * GiB
+
+
+def test_datasheet_plans_with_what_cuda_reports_or_a_stated_margin():
+    from gpuprof.device import DATASHEET_MEMORY_MARGIN, DATASHEETS
+
+    for d in DATASHEETS:
+        planned, source = d.planning_memory()
+        assert planned < d.memory_bytes  # CUDA never reports the marketed size
+        if d.cuda_memory_bytes:
+            assert planned == d.cuda_memory_bytes and d.cuda_memory_seen_at.startswith("https://")
+            assert d.cuda_memory_bytes > 0.95 * d.memory_bytes  # a seen total, not a different product's
+        else:
+            assert planned == int(d.memory_bytes * (1 - DATASHEET_MEMORY_MARGIN)) and "margin" in source

@@ -81,6 +81,10 @@ def test_repeated_batches_use_the_median(tmp_path):
         ("zero.csv", "batch,throughput\n0,100\n", "row 1: the batch size must be a positive whole number"),
         ("neg.csv", "batch,throughput\n1,-100\n", "row 1: the throughput must be a positive number"),
         ("gap.csv", "batch,throughput,itl_ms\n1,100,10\n2,190,\n", "row 2: the inter-token latency \\(itl_ms\\) must be"),
+        ("inf.csv", "batch,throughput\n1,inf\n", "row 1: throughput 'inf' is not a finite number"),
+        ("nan.csv", "batch,throughput,itl_ms\n1,100,nan\n", "row 1: itl_ms 'nan' is not a finite number"),
+        ("nanbatch.csv", "batch,throughput\n1,100\nNaN,200\n", "row 2: batch 'NaN' is not a finite number"),
+        ("inf.json", '[{"batch": 1, "throughput": 100, "ttft_ms": Infinity}]', "row 1: ttft_ms inf is not a finite"),
     ],
 )
 def test_malformed_tables_are_one_sentence(tmp_path, name, content, message):

@@ -105,3 +105,47 @@ def test_not_a_run_directory(tmp_path):
 def test_negative_step_overhead(run):
     with pytest.raises(GpuprofError, match="--step-overhead-us must not be negative"):
         fit_run(run, step_overhead_us=-1)
+
+
+def test_attention_fits_the_decode_step_kernels_not_the_sdpa_baselines(tmp_path):
+    # Hand-made run: per shape, triton (paged, page_size 16) at the truth and an SDPA baseline (page_size 0) that
+    # is faster. The decode step cannot run SDPA, so the fit must follow triton and say which impls were eligible.
+    from advisor_runs import _point
+    from gpuprof.advisor.work import attention_work
+    points = []
+    for batch in (1, 4, 16, 64, 256):
+        shape = dict(batch=batch, ctx=2048, hq=32, hkv=32, head_dim=128)
+        work = attention_work(batch, 2048, 32, 32, 128, 2)
+        t = 6.0 + work.bytes / (2000.0 * 1e3)
+        points.append(_point("attention", "triton", "bf16", work, t, page_size=16, **shape))
+        points.append(_point("attention", "torch-sdpa-flash", "bf16", work, t / 2, page_size=0, **shape))
+    run = make_run(tmp_path / "run", points + linear_points())
+    fit = fit_run(run)["kernels"]["attention"]
+    assert fit["details"]["points"] == 5 and fit["impl"] == "triton"
+    assert fit["gbps"] == pytest.approx(2000.0, rel=0.02)
+    assert fit["details"]["eligible_impls"] == ["triton"]
+    assert fit_run(run)["kernels"]["linear"]["details"]["eligible_impls"] == ["cublas", "cuda"]
+
+
+def test_attention_shapes_differing_only_in_page_size_are_one_shape():
+    from advisor_runs import _point
+    from gpuprof.advisor.work import attention_work
+    work = attention_work(8, 1024, 32, 8, 128, 2)
+    shape = dict(batch=8, ctx=1024, hq=32, hkv=8, head_dim=128)
+    points = [_point("attention", "triton", "bf16", work, 30.0, page_size=16, **shape),
+              _point("attention", "cuda", "bf16", work, 20.0, page_size=32, **shape)]
+    best = fastest_points(points, "attention")
+    assert [p["impl"] for p in best] == ["cuda"]
+
+
+def test_run_with_only_sdpa_attention_says_what_was_counted(tmp_path):
+    points = [dict(p, impl="torch-sdpa-math", page_size=0) for p in attention_points() if p["status"] == "ok"]
+    run = make_run(tmp_path / "run", points + linear_points())
+    with pytest.raises(GpuprofError, match=r"has 0 ok attention shapes .*counting triton, cuda"):
+        fit_run(run)
+
+
+def test_step_impls_match_the_attention_op():
+    from gpuprof.calibrate import STEP_IMPLS
+    from gpuprof.ops.attention import IMPLS
+    assert STEP_IMPLS["attention"] == IMPLS

@@ -12,6 +12,7 @@ PUBLISHED_PARAMS = {
     "llama-2-7b": 6_738_415_616,
     "llama-2-13b": 13_015_864_320,
     "llama-3-8b": 8_030_261_248,
+    "llama-3.1-8b": 8_030_261_248,  # the same shapes as Llama 3 8B; only the context (131072) differs
     "llama-3.2-1b": 1_235_814_400,
     "mistral-7b": 7_241_732_096,
     "qwen2.5-0.5b": 494_032_768,
@@ -51,6 +52,13 @@ def test_linears_of_a_gqa_model():
 @pytest.mark.parametrize("alias", ["Llama-2-7B", "meta-llama/Llama-2-7b-hf", "LLAMA-2-7B"])
 def test_aliases(alias):
     assert get_model(alias).name == "llama-2-7b"
+
+
+def test_llama_3_1_is_its_own_preset_not_llama_3():
+    m = get_model("meta-llama/Llama-3.1-8B")
+    assert m.name == "llama-3.1-8b" and m.max_position == 131072
+    assert m.source == "https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json"
+    assert get_model("llama-3-8b").max_position == 8192
 
 
 def test_unknown_model_lists_presets():

@@ -132,3 +132,20 @@ def test_failed_writes_are_one_sentence(tmp_path):
 def test_write_csv_makes_its_folder(tmp_path):
     records.write_csv([new_point(kernel="copy")], tmp_path / "new" / "p.csv")
     assert (tmp_path / "new" / "p.csv").read_text().startswith("kernel,")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", r"manifest.json cannot be read as JSON \(JSONDecodeError\)"),
+    ("[1, 2]", "manifest.json holds a JSON list, not the object a gpuprof manifest is"),
+    ("\"a string\"", "manifest.json holds a JSON str"),
+])
+def test_damaged_or_foreign_manifest_is_one_sentence(tmp_path, text, message):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(GpuprofError, match=message):
+        Run.open(tmp_path).manifest()
+
+
+def test_binary_manifest_is_one_sentence(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(GpuprofError, match=r"cannot be read as JSON \(UnicodeDecodeError\)"):
+        Run.open(tmp_path).manifest()

@@ -223,3 +223,28 @@ def test_cli_report(synthetic_run, tmp_path):
     assert "report.md" in r.output and (tmp_path / "rep" / "decode_step.png").is_file()
     r = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "is not a gpuprof run directory" in r.output and "Traceback" not in r.output
+
+
+def test_non_number_ceilings_are_missing():
+    assert report.ridge_point({"bf16_tflops": "fast", "copy_gbps": 3000}, "bf16") is None
+    assert report.ridge_point({"bf16_tflops": 700, "copy_gbps": None}, "bf16") is None
+    assert report.ridge_point({"bf16_tflops": True, "copy_gbps": 3000}, "bf16") is None
+    assert report.ridge_point({"bf16_tflops": float("nan"), "copy_gbps": 3000}, "bf16") is None
+
+
+def test_foreign_manifest_gpu_and_peaks_give_a_report(tmp_path):
+    # A manifest from another tool: a GPU without memory_bytes and ceilings that are not numbers.
+    foreign = {**MANIFEST, "gpu": {"name": "Some GPU"}, "peaks": {"copy_gbps": "n/a", "bf16_tflops": "n/a",
+                                                                  "source": "someone's notes"}}
+    path = write_run(tmp_path / "foreign", models=("llama-2-7b",))
+    (path / "manifest.json").write_text(json.dumps(foreign))
+    r = CliRunner().invoke(main, ["report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "- GPU: Some GPU, None SMs, memory unknown" in text and "copy - GB/s" in text
+
+
+def test_cli_report_of_a_damaged_manifest(synthetic_run):
+    (synthetic_run / "manifest.json").write_text("{cut sh")
+    r = CliRunner().invoke(main, ["report", str(synthetic_run)])
+    assert r.exit_code == 1 and "manifest.json cannot be read as JSON" in r.output and "Traceback" not in r.output

@@ -412,3 +412,59 @@ def test_a_cpu_sweep_makes_a_report(fake_ops, tiny_model, tmp_path):
     sweep.run_sweep(points, run, sweep.Measurer(device="cpu", options=QUICK))
     made = report.make_report(run.path)
     assert len(made.images) == 3 and "tiny-llama" in made.markdown.read_text()
+
+
+def test_cli_resume_on_another_gpu_is_refused(fake_ops, tiny_model, tmp_path, monkeypatch):
+    from gpuprof.cli import sweep as sweep_cli
+    from gpuprof.device import GPUInfo
+
+    out = tmp_path / "run"
+    monkeypatch.setattr("sys.argv", ["gpuprof", "sweep"])
+    r = invoke("sweep", "--model", tiny_model, "--batch", "1", "--ctx", "16", "--kernel", "attention", "--impl",
+               "triton", "--max-time", "0.01", "--device", "cpu", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    # Make it a run started on an H100, then resume on a machine whose GPU is an A100.
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["gpu"] = {"name": "NVIDIA H100 80GB HBM3"}
+    manifest["grid"]["device"] = "cuda"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    a100 = GPUInfo(name="NVIDIA A100-SXM4-80GB", sm_count=108, memory_bytes=80 << 30, l2_bytes=40 << 20,
+                   driver=None, cuda=None, compute_capability="8.0")
+    monkeypatch.setattr(sweep_cli, "require_gpu", lambda what: None)
+    monkeypatch.setattr(sweep_cli, "info", lambda: a100)
+    r = invoke("sweep", "--resume", str(out))
+    assert r.exit_code == 1 and "Traceback" not in r.output and r.output.count("\n") == 1
+    assert "was measured on NVIDIA H100 80GB HBM3 and this machine runs it on NVIDIA A100-SXM4-80GB" in r.output
+    assert len(run_points(out)) == 1  # nothing was added
+
+
+def run_points(path):
+    return [json.loads(line) for line in (path / "points.jsonl").read_text().splitlines()]
+
+
+def test_require_same_gpu():
+    from gpuprof.cli.sweep import require_same_gpu
+    from gpuprof.device import GPUInfo
+
+    h100 = GPUInfo(name="NVIDIA H100 80GB HBM3", sm_count=132, memory_bytes=80 << 30, l2_bytes=50 << 20,
+                   driver=None, cuda=None, compute_capability="9.0")
+    require_same_gpu({"gpu": {"name": "NVIDIA H100 80GB HBM3"}}, h100, "run")
+    require_same_gpu({"gpu": None}, None, "run")  # a CPU run resumed on the CPU
+    with pytest.raises(GpuprofError, match="run was measured on the CPU and this machine runs it on NVIDIA H100"):
+        require_same_gpu({"gpu": None}, h100, "run")
+    with pytest.raises(GpuprofError, match="measured on NVIDIA H100 80GB HBM3 and this machine runs it on the CPU"):
+        require_same_gpu({"gpu": {"name": "NVIDIA H100 80GB HBM3"}}, None, "run")
+
+
+def test_cli_resume_of_a_run_without_a_grid(fake_ops, tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"gpu": None, "peaks": None}))
+    r = invoke("sweep", "--resume", str(tmp_path))
+    assert r.exit_code == 1 and "Traceback" not in r.output and r.output.count("\n") == 1
+    assert "was not made by `gpuprof sweep` (its manifest has no sweep grid)" in r.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_cli_max_time_must_be_a_positive_finite_number(fake_ops, value):
+    r = invoke("sweep", "--max-time", value, "--dry-run")
+    assert r.exit_code == 1 and "--max-time takes a positive number of seconds" in r.output
+    assert "nan min" not in r.output and "inf min" not in r.output

@@ -56,7 +56,16 @@ class Serving:
     workload: Workload
 
 
+def require_context_fits(model: ModelShape, workload: Workload) -> None:
+    """Stop where the longest sequence is beyond the model's positions: vLLM refuses that --max-model-len."""
+    if workload.max_tokens > model.max_position:
+        raise GpuprofError(
+            f"the longest sequence ({workload.max_tokens} tokens, prompt + output) exceeds {model.name}'s "
+            f"{model.max_position} positions; shorten the prompt or output, or choose a model with a longer context.")
+
+
 def budget_for(serving: Serving, deployment: Deployment) -> MemoryBudget:
+    require_context_fits(serving.model, serving.workload)
     size = dtype_bytes(deployment.dtype)
     model, gpu = serving.model, serving.gpu
     budget = MemoryBudget(gpu.memory_bytes, model.weight_bytes(size), model.kv_bytes_per_token(size),
@@ -126,12 +135,20 @@ def advise_profile(table: ServingTable, criteria: Criteria, deployment: Deployme
         report["notes"].append(f"batches above {budget.max_batch()} were measured but do not fit this workload's "
                                "KV cache in the memory plan; they are left out of replicas and the Pareto frontier")
     steps = predict_steps(serving, deployment, [p.batch for p in fitting])
-    largest = (table.points[-1].batch, "the largest measured batch")
+    largest = _largest_reachable(table.points[-1].batch, budget.max_batch())
     plan = _serving_plan(serving, deployment, budget, steps, b_opt, largest, report["latency_bound_ms"],
                          anchors={p.batch: p for p in fitting})
     report["notes"] += plan.pop("notes")
     report.update(plan)
     return report
+
+
+def _largest_reachable(measured: int, fits: int) -> tuple[int, str]:
+    """The batch "memory freed" is counted from: the largest measured, unless it does not fit in memory."""
+    if measured <= fits:
+        return measured, "the largest measured batch"
+    # Memory a plan could never hold is not freed by choosing B_opt: count from the largest batch that fits.
+    return fits, f"the largest batch that fits in memory; the largest measured, {measured}, does not"
 
 
 def _choose(curve: Sequence[CurvePoint], criteria: Criteria, deployment: Deployment, origin: str,
@@ -168,7 +185,7 @@ def _serving_plan(serving: Serving, deployment: Deployment, budget: MemoryBudget
                          "replica gain")
     else:
         notes.append(f"B_opt {b_opt} does not fit this workload's KV cache in memory; no replica plan")
-    notes += _model_notes(serving.model, serving.workload, serving.calibration)
+    notes += _model_notes(serving.calibration)
     return plan
 
 
@@ -241,7 +258,8 @@ def _memory(budget: MemoryBudget, gpu: Gpu, b_opt: int, largest: tuple[int, str]
         "largest_batch": largest_batch,
         "largest_batch_is": largest_what,
         "kv_bytes_largest": budget.kv_bytes(largest_batch),
-        "freed_bytes": budget.kv_bytes(largest_batch) - budget.kv_bytes(b_opt),
+        # Nothing is freed where B_opt itself is beyond the largest batch that fits (no plan holds it).
+        "freed_bytes": max(budget.kv_bytes(largest_batch) - budget.kv_bytes(b_opt), 0.0),
         "max_batch_one_replica": budget.max_batch(),
     }
 
@@ -278,11 +296,8 @@ def _prediction_summary(calibration: Calibration) -> dict:
             "kernels": {name: asdict(fit) for name, fit in calibration.kernels.items()}}
 
 
-def _model_notes(model: ModelShape, workload: Workload, calibration: Calibration) -> list[str]:
+def _model_notes(calibration: Calibration) -> list[str]:
     notes = []
-    if workload.max_tokens > model.max_position:
-        notes.append(f"the longest sequence ({workload.max_tokens} tokens) exceeds {model.name}'s "
-                     f"{model.max_position} positions")
     if not calibration.calibrated:
         notes.append(f"predictions: {calibration.source}; fit a calibration with `gpuprof sweep` + `gpuprof calibrate`")
     notes.append(f"the small kernels of a step (norms, rotary, activation) are {SMALL_KERNELS}")

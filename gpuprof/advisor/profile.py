@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,9 @@ def _number(value: object, path: Path, row: int, column: str) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         raise GpuprofError(f"{path} row {row}: {column} {value!r} is not a number.")
-    if number != number:  # NaN
-        return None
+    if not math.isfinite(number):  # nan or inf parse as floats, but no measurement is one: leave the cell empty
+        raise GpuprofError(f"{path} row {row}: {column} {value!r} is not a finite number; leave a missing value "
+                           "empty.")
     return number
 
 

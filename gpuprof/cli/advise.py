@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -22,6 +23,13 @@ from gpuprof.models import get_model
 DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
 
 
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click callback: nan and inf parse as floats but are no quantity; refuse them in one sentence."""
+    if value is not None and not math.isfinite(value):
+        raise GpuprofError(f"--{param.name.replace('_', '-')} takes a finite number, not {value}.")
+    return value
+
+
 def resolve_gpu(name: str | None, memory_gb: float | None) -> Gpu:
     """The GPU to plan for: --gpu, else the visible one, else an H100; its memory from the most direct source."""
     visible = info() if name is None else None
@@ -35,7 +43,8 @@ def resolve_gpu(name: str | None, memory_gb: float | None) -> Gpu:
     sheet = datasheet_for(name)
     if sheet is None or not sheet.memory_bytes:
         raise GpuprofError(f"gpuprof has no datasheet memory size for {name!r}; give it with --gpu-memory-gb.")
-    return Gpu(name, sheet.memory_bytes, f"datasheet: {sheet.name}")
+    # vLLM's --gpu-memory-utilization is a share of the total CUDA reports, which is less than the marketed size.
+    return Gpu(name, *sheet.planning_memory())
 
 
 @click.command("advise")
@@ -45,25 +54,29 @@ def resolve_gpu(name: str | None, memory_gb: float | None) -> Gpu:
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
               help="calibration.json from `gpuprof calibrate` [traces/<gpu-slug>/calibration.json, else datasheet].")
 @click.option("--gpu", "gpu_name", help=f"GPU to plan for [the visible one, else {DEFAULT_GPU!r}].")
-@click.option("--gpu-memory-gb", type=float, help="GPU memory in GiB [this GPU's, else the datasheet's].")
+@click.option("--gpu-memory-gb", type=float, callback=finite,
+              help="GPU memory in GiB [this GPU's, else the datasheet's].")
 @click.option("--dtype", type=click.Choice(sorted(VLLM_DTYPES)), default="bf16", show_default=True)
 @click.option("--prompt", help="Prompt tokens: a count (512) or uniform:LO:HI [512].")
 @click.option("--output", help="Output tokens: a count (256) or uniform:LO:HI [256].")
 @click.option("--lengths", type=click.Path(path_type=Path), help="CSV of requests (prompt, output columns).")
 @click.option("--batches", help="Model mode: batch sizes to predict [powers of 2 up to what fits].")
-@click.option("--epsilon", type=float, default=0.2, show_default=True, help="Least throughput gain g(B) kept.")
-@click.option("--latency-factor", type=float, default=5.0, show_default=True,
+@click.option("--epsilon", type=float, callback=finite, default=0.2, show_default=True,
+              help="Least throughput gain g(B) kept.")
+@click.option("--latency-factor", type=float, callback=finite, default=5.0, show_default=True,
               help="ITL bound as a multiple of the ITL at the batch nearest 32.")
-@click.option("--max-itl-ms", type=float, help="An absolute ITL bound in ms (replaces --latency-factor).")
-@click.option("--plateau-within", type=float, default=0.1, show_default=True,
+@click.option("--max-itl-ms", type=float, callback=finite,
+              help="An absolute ITL bound in ms (replaces --latency-factor).")
+@click.option("--plateau-within", type=float, callback=finite, default=0.1, show_default=True,
               help="Plateau rule: smallest batch within this fraction of the best throughput.")
 @click.option("--rule", type=click.Choice(RULES), default="gain", show_default=True,
               help="Which rule's batch to plan on.")
-@click.option("--memory-fraction", type=float, default=DEFAULT_FRACTION, show_default=True,
+@click.option("--memory-fraction", type=float, callback=finite, default=DEFAULT_FRACTION, show_default=True,
               help="Fraction of GPU memory all replicas together may use.")
-@click.option("--workspace-gb", type=float, default=2.0, show_default=True,
+@click.option("--workspace-gb", type=float, callback=finite, default=2.0, show_default=True,
               help="Assumed activations/CUDA-graph/context memory per replica, GiB.")
-@click.option("--step-overhead-us", type=float, help="Fixed cost per decode step, µs [the calibration's, 0 if none].")
+@click.option("--step-overhead-us", type=float, callback=finite,
+              help="Fixed cost per decode step, µs [the calibration's, 0 if none].")
 @click.option("--batch-column", help="Profile column holding the batch size.")
 @click.option("--throughput-column", help="Profile column holding the throughput (tokens/s).")
 @click.option("--itl-column", help="Profile column holding the mean inter-token latency (ms).")

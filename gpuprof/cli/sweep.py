@@ -11,7 +11,7 @@ from gpuprof import peaks as peaks_lib
 from gpuprof import sweep
 from gpuprof.cli.bench import int_list, name_list
 from gpuprof.cli.output import console, print_table
-from gpuprof.device import info, require_gpu, use_triton_interpreter
+from gpuprof.device import gpu_slug, info, require_gpu, use_triton_interpreter
 from gpuprof.errors import GpuprofError
 from gpuprof.harness import TimingOptions
 from gpuprof.records import Run, command_line, utc_now
@@ -55,6 +55,9 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
                                f"{', '.join('--' + n.replace('_', '-') for n in given + (['out'] if out else []))}.")
         run = Run.open(resume)
         manifest = run.manifest()
+        if not isinstance(manifest.get("grid"), dict):
+            raise GpuprofError(f"{resume} was not made by `gpuprof sweep` (its manifest has no sweep grid), so "
+                               "--resume cannot tell which points are left.")
         grid = sweep.Grid.from_manifest(manifest["grid"])
         device, counter_names = manifest["grid"].get("device", "cuda"), manifest["grid"].get("counters", [])
     else:
@@ -76,7 +79,8 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
         use_triton_interpreter()
     gpu = info() if device == "cuda" else None
     if resume:
-        peaks = manifest["peaks"]  # the ceilings the run started with, so every point is on the same scale
+        require_same_gpu(manifest, gpu, resume)
+        peaks = manifest.get("peaks")  # the ceilings the run started with, so every point is on the same scale
     else:
         if gpu is None and out is None:
             raise GpuprofError("--device cpu needs --out: traces/ holds measurements taken on a GPU only.")
@@ -86,6 +90,15 @@ def command(ctx: click.Context, models, batches, ctxs, dtypes, kernels, impls, p
     measurer = sweep.Measurer(device=device, peaks=peaks, options=TimingOptions(max_time_s=grid.max_time_s),
                               l2_bytes=gpu.l2_bytes if gpu else 0, collectors=collectors)
     _run_with_progress(run, points, measurer)
+
+
+def require_same_gpu(manifest: dict, gpu, run_path: Path) -> None:
+    """Refuse to add points measured on another GPU (or on the CPU) to a run: they would not be comparable."""
+    started = (manifest.get("gpu") or {}).get("name") if isinstance(manifest.get("gpu"), dict) else None
+    here = gpu.name if gpu else None
+    if gpu_slug(started or "cpu") != gpu_slug(here or "cpu"):
+        raise GpuprofError(f"{run_path} was measured on {started or 'the CPU'} and this machine runs it on "
+                           f"{here or 'the CPU'}; resume it where it started (one run holds one GPU's times).")
 
 
 def _run_with_progress(run: Run, points: list[sweep.PlannedPoint], measurer: sweep.Measurer) -> None:
