@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,15 +42,23 @@ FAKE_WORKER = textwrap.dedent(
     if mode == "hang":
         time.sleep(600)
     print("gpuprof-replica ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
+    words = sys.stdin.readline().split()
+    if words[:1] != ["go"]:
         sys.exit(0)
+    deadline = float(words[1])
     if mode == "die-after-go" and index == 0:
         sys.exit(5)
-    time.sleep(spec["duration_s"])
-    steps = 10 * (index + 1)
+    period = float(os.environ.get("FAKE_PERIOD", "0.02")) * (index + 1)  # replicas of different speeds
+    start, ends = time.monotonic(), []
+    while not ends or ends[-1] < deadline:
+        time.sleep(period)
+        ends.append(time.monotonic())
+    if mode == "overrun" and index == 0:  # runs on after the deadline, fast, as if alone on the GPU
+        for _ in range(100):
+            time.sleep(0.002)
+            ends.append(time.monotonic())
     print("gpuprof-replica result " + json.dumps({
-        "status": "ok", "steps": steps, "window_s": spec["duration_s"], "step_ms": 2.0 + index,
-        "tokens_per_s": steps * spec["batch"] / spec["duration_s"], "memory_bytes": 1000}), flush=True)
+        "status": "ok", "start": start, "ends": ends, "step_ms": 2.0 + index, "memory_bytes": 1000}), flush=True)
     """
 )
 
@@ -137,10 +146,63 @@ def test_replicas_report_and_leave_nothing_behind(fakes, mps):
     assert point["status"] == "ok", point["error"]
     assert point["replicas"] == 3 and point["total_batch"] == 12 and point["mps"] is mps
     assert point["replica_step_ms"] == [2.0, 3.0, 4.0] and point["step_ms"] == 3.0
-    assert point["tokens"] == (10 + 20 + 30) * 4
-    assert point["tokens_per_s"] == pytest.approx(point["tokens"] / 0.2)
+    assert point["tokens"] > 0 and point["tokens_per_s"] == pytest.approx(point["tokens"] / point["window_s"])
     assert point["memory_bytes"] == 3000 and point["model"] == "llama-2-7b"
     assert_cleaned_up(fakes, mps)
+
+
+@pytest.mark.parametrize("mode", ["ok", "overrun"])
+def test_aggregate_counts_only_the_common_window(fakes, monkeypatch, mode):
+    """Replicas of different speeds (10, 20, 30 ms a step); with "overrun", replica 0 runs on alone, fast, after
+    the deadline. Only the window in which all three decode counts, so the aggregate is the sum of their speeds."""
+    monkeypatch.setenv("FAKE_WORKER", mode)
+    monkeypatch.setenv("FAKE_PERIOD", "0.01")
+    point = run_replicas(replace(SPEC, duration_s=1.0), 3, False, command=fakes.command)
+    assert point["status"] == "ok", point["error"]
+    each = [4 / 0.01, 4 / 0.02, 4 / 0.03]  # tokens/s of each replica at its own speed
+    assert point["replica_tokens_per_s"] == pytest.approx(each, rel=0.2)
+    assert point["tokens_per_s"] == pytest.approx(sum(each), rel=0.15)
+    assert 0.8 < point["window_s"] < 1.2
+
+
+def test_common_window_definition():
+    """Window = (latest start, earliest last end]; steps completed inside it count, whole."""
+    results = [
+        {"start": 0.0, "ends": [0.1 * i for i in range(1, 11)], "step_ms": 100.0},  # 10 steps up to 1.0
+        {"start": 0.05, "ends": [0.3, 0.55, 0.8, 1.05], "step_ms": 250.0},
+        {"start": 0.0, "ends": [0.1 * i for i in range(1, 11)] + [1.0 + 0.02 * i for i in range(1, 26)],
+         "step_ms": 100.0},  # ran on alone until 1.5: not counted
+    ]
+    point = rep._aggregate(results, batch=2)
+    assert point["window_s"] == pytest.approx(0.95)
+    assert point["tokens"] == (10 + 3 + 10) * 2  # the steps ending in (0.05, 1.0]
+    assert point["tokens_per_s"] == pytest.approx(46 / 0.95)
+    assert point["replica_tokens_per_s"] == pytest.approx([20 / 0.95, 6 / 0.95, 20 / 0.95])
+    assert point["step_ms"] == 100.0 and point["replica_step_ms"] == [100.0, 250.0, 100.0]
+
+
+def test_replicas_whose_windows_do_not_overlap_are_an_error():
+    results = [{"start": 0.0, "ends": [0.5, 1.0], "step_ms": 1.0}, {"start": 1.1, "ends": [1.2], "step_ms": 1.0}]
+    with pytest.raises(rep.ReplicaFailed, match="longer --duration"):
+        rep._aggregate(results, batch=1)
+
+
+def test_decode_window_checks_the_deadline_after_every_step():
+    deadline = time.monotonic() + 0.2
+    window = rep.decode_window(lambda: time.sleep(0.01), deadline, rep.HostMark)
+    ends = window["ends"]
+    assert window["start"] < ends[0] and ends == sorted(ends)
+    assert ends[-2] < deadline <= ends[-1] < deadline + 0.05  # stopped at the first step past the deadline
+    assert 9 <= window["step_ms"] < 20
+
+
+def test_monotonic_clock_is_shared_by_processes():
+    """The deadline is a time.monotonic() value read in other processes: on Linux that is CLOCK_MONOTONIC."""
+    if sys.platform.startswith("linux"):
+        assert time.get_clock_info("monotonic").implementation == "clock_gettime(CLOCK_MONOTONIC)"
+    child = float(subprocess.run([sys.executable, "-c", "import time; print(time.monotonic())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    assert abs(child - time.monotonic()) < 5.0
 
 
 @pytest.mark.parametrize("mode, status, message", [
