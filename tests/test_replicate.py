@@ -308,6 +308,10 @@ def test_real_worker_on_the_cpu(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--device", "cpu", "--mps", "on"), "with --device cpu use --mps off"),
     (("--device", "cpu", "--mps", "off", "--duration", "0"), "--duration must be positive"),
+    (("--device", "cpu", "--mps", "off", "--duration", "nan"), "--duration must be positive and finite"),
+    (("--device", "cpu", "--mps", "off", "--duration", "inf"), "--duration must be positive and finite"),
+    (("--device", "cpu", "--mps", "off", "--duration", "-1"), "--duration must be positive and finite"),
+    (("--device", "cpu", "--mps", "off", "--ready-timeout", "nan"), "--ready-timeout must be positive and finite"),
     (("--device", "cpu", "--mps", "off", "--replicas", "two"), "--replicas takes whole numbers"),
 ])
 def test_cli_mistakes_are_one_sentence(args, message):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
-from gpuprof.cli.bench import int_list
+from gpuprof.cli.bench import int_list, positive_seconds
 from gpuprof.cli.decode import linear_list, open_run, show
 from gpuprof.cli.output import console
 from gpuprof.decode_bench import make_collectors
@@ -52,8 +52,8 @@ def command(model_name, replica_counts, batch, ctx, mps, no_baseline, duration, 
         use_triton_interpreter()
     shape = get_model(model_name)  # a clear error now, not in every replica
     counts = int_list(replica_counts, "replicas")
-    if duration <= 0:
-        raise GpuprofError(f"--duration must be positive, not {duration}.")
+    positive_seconds(duration, "--duration")
+    positive_seconds(ready_timeout, "--ready-timeout")
     modes = {"both": MODES, "on": ("mps",), "off": ("no-mps",)}[mps]
     if device == "cpu" and "mps" in modes:
         raise GpuprofError("MPS shares a GPU; with --device cpu use --mps off.")
