@@ -8,7 +8,8 @@ first step completed at or past the deadline. Aggregate tokens/s counts only the
 window, while every replica was decoding (see `_aggregate`), so a replica that runs on alone is not counted.
 With MPS, gpuprof runs its own MPS control daemon in a private pipe directory under a temp dir and quits it
 afterwards. Every exit path (normal end, a replica failing, a timeout, Ctrl-C, SIGTERM) kills the replicas' process
-groups and quits the daemon; a replica also dies with its parent (Linux PR_SET_PDEATHSIG) if gpuprof is killed.
+groups and quits the daemon; a replica also dies with its parent (Linux PR_SET_PDEATHSIG, which the replica sets
+on itself) if gpuprof is killed.
 
 The parent never initialises CUDA: the replicas alone hold contexts, under MPS or not.
 """
@@ -41,6 +42,7 @@ CONTROL = "nvidia-cuda-mps-control"
 PREFIX = "gpuprof-replica"  # the worker's protocol lines on stdout start with this; anything else is ignored
 MPS_ENV = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
 MODES = ("no-mps", "mps")
+PARENT_ENV = "GPUPROF_PARENT"  # the pid of the gpuprof that started a replica, which the replica watches
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,17 @@ def plain_env() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: Linux kills it when gpuprof dies, so a killed gpuprof leaves no replica."""
+def die_with_parent(parent: int) -> None:
+    """In the replica itself: Linux kills it when gpuprof dies, so a killed gpuprof leaves no replica behind.
+
+    Set here rather than through Popen's preexec_fn, which Python documents as unsafe while the parent runs
+    threads (it does: one reader per replica). A parent that died before this call would go unwatched; then this
+    process's parent is no longer `parent`, and the replica stops at once.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(f"gpuprof (process {parent}) is gone, so this replica stops.")
 
 
 def _stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -221,9 +230,9 @@ class ReplicaSet:
         log = self.log_dir / f"replica-{index}.stderr"
         self.logs.append(log)
         with open(log, "w") as err:
-            proc = subprocess.Popen([*self.command, spec.to_json()], env={**self.env, "GPUPROF_REPLICA": str(index)},
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            env = {**self.env, "GPUPROF_REPLICA": str(index), PARENT_ENV: str(os.getpid())}
+            proc = subprocess.Popen([*self.command, spec.to_json()], env=env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1, start_new_session=True)
         self.procs.append(proc)
         reader = threading.Thread(target=self._read, args=(index, proc), daemon=True)
         reader.start()
@@ -577,4 +586,5 @@ def worker_main(spec: ReplicaSpec, stdin=None, stdout=None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
         sys.exit("usage: python -m gpuprof.replicate --worker SPEC_JSON (started by `gpuprof replicate`)")
+    die_with_parent(int(os.environ.get(PARENT_ENV, os.getppid())))  # first, before the slow part
     sys.exit(worker_main(ReplicaSpec.from_json(sys.argv[2])))

@@ -235,6 +235,74 @@ INTERRUPTED = textwrap.dedent(
 )
 
 
+def test_replicas_are_started_without_preexec_fn(fakes, monkeypatch):
+    """preexec_fn is unsafe while the reader threads of earlier replicas run: the replica sets PDEATHSIG itself."""
+    started = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(kwargs)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    assert run_replicas(SPEC, 2, False, command=fakes.command)["status"] == "ok"
+    assert len(started) == 2 and not any(kw.get("preexec_fn") for kw in started)
+    assert {kw["env"][rep.PARENT_ENV] for kw in started} == {str(os.getpid())}
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed grandchild may wait a while for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_worker_whose_gpuprof_is_already_gone_stops_at_once(tiny_config):
+    spec = ReplicaSpec(model=str(tiny_config), batch=1, ctx=8, impl="torch", device="cpu")
+    env = {**os.environ, rep.PARENT_ENV: "1"}  # not our pid: as if gpuprof died and the worker was reparented
+    done = subprocess.run([*rep.worker_command(), spec.to_json()], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "gpuprof (process 1) is gone" in done.stderr
+    assert "gpuprof-replica" not in done.stdout
+
+
+KILLED_PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from gpuprof.replicate import ReplicaSet, ReplicaSpec, plain_env
+    group = ReplicaSet([ReplicaSpec.from_json(sys.argv[1])], plain_env(), log_dir=Path(sys.argv[2])).__enter__()
+    group.wait_ready(120)
+    group.go(time.monotonic() + 600)
+    print(group.procs[0].pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_decoding_replica_dies_with_its_gpuprof(tmp_path, tiny_config):
+    """gpuprof killed with SIGKILL (no cleanup runs): the replica, mid-window, goes too (PR_SET_PDEATHSIG)."""
+    spec = ReplicaSpec(model=str(tiny_config), batch=1, ctx=8, impl="torch", device="cpu")
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, spec.to_json(), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        replica = int(parent.stdout.readline())
+        time.sleep(0.3)
+        assert running(replica), "the replica should be decoding"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while running(replica) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = running(replica)
+    if left:  # leave no orphan behind when this fails
+        os.killpg(replica, signal.SIGKILL)
+    assert not left
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_replicas_and_quits_mps(fakes, tmp_path, monkeypatch, sig):
     monkeypatch.setenv("FAKE_WORKER", "hang")
@@ -287,12 +355,18 @@ def test_spec_round_trips_through_json():
     assert ReplicaSpec.from_json(spec.to_json()) == spec
 
 
-def test_real_worker_on_the_cpu(tmp_path):
-    """The real `python -m gpuprof.replicate --worker` protocol, with the torch model on the CPU."""
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
                                   "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 96,
                                   "vocab_size": 97, "max_position_embeddings": 256, "hidden_act": "silu"}))
+    return config
+
+
+def test_real_worker_on_the_cpu(tmp_path, tiny_config):
+    """The real `python -m gpuprof.replicate --worker` protocol, with the torch model on the CPU."""
+    config = tiny_config
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["replicate", "--model", str(config), "--device", "cpu", "--impl", "torch",
                                   "--mps", "off", "--replicas", "2", "--batch", "2", "--ctx", "16",
