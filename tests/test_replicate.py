@@ -26,12 +26,14 @@ from gpuprof.replicate import MpsDaemon, ReplicaSpec, plan, replicate, run_repli
 
 FAKE_WORKER = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys, time
     spec = json.loads(sys.argv[-1])
     index = int(os.environ["GPUPROF_REPLICA"])
     mode = os.environ.get("FAKE_WORKER", "ok")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a replica stopped early leaves no empty pid file
     with open(os.path.join(os.environ["FAKE_PIDS"], str(os.getpid())), "w") as f:
         f.write(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", ""))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print("loading weights ...", flush=True)  # not protocol: ignored
     if mode == "fail" and index == 1:
         print("Traceback ...\\nRuntimeError: replica one broke", file=sys.stderr)
