@@ -395,6 +395,28 @@ def test_cli_mistakes_are_one_sentence(args, message):
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 
 
+def test_cli_checks_the_context_before_starting_replicas(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["replicate", "--model", str(tiny_config), "--device", "cpu", "--mps", "off",
+                                  "--batch", "2", "--ctx", "600", "--out", str(out)])
+    assert r.exit_code == 1 and "a context of 600 plus 0 decoded tokens exceeds" in r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_cli_fails_when_every_point_failed(monkeypatch):
+    from gpuprof.cli import replicate as cli
+
+    def failing(spec, counts, **kwargs):
+        return [{"mode": "no-mps", "replicas": 1, "batch": 4, "total_batch": 4, "status": "oom",
+                 "error": "replica 0: out of device memory."}]
+
+    monkeypatch.setattr(cli, "replicate", failing)
+    r = CliRunner().invoke(main, ["replicate", "--model", "opt-1.3b", "--batch", "4", "--device", "cpu",
+                                  "--mps", "off", "--replicas", "1"])
+    assert r.exit_code == 1 and "every run failed; the first with: replica 0: out of device memory." in r.output
+    assert "Traceback" not in r.output
+
+
 def test_cli_needs_a_gpu_unless_told_cpu(monkeypatch):
     from gpuprof import device
 
