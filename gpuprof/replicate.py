@@ -1,11 +1,15 @@
 """Replicas of a decode loop on one GPU, with and without NVIDIA MPS, against one process at the total batch.
 
 Each replica is its own process (`python -m gpuprof.replicate --worker SPEC`): it builds the model, prepares its
-batch and CUDA graph, says it is ready and waits. Once every replica is ready the parent says go, and all decode
-for the same fixed window, so their windows overlap; aggregate tokens/s is the sum of the replicas' own rates.
+batch and CUDA graph, says it is ready and waits. Once every replica is ready the parent says go with one absolute
+deadline, a time.monotonic() value: on Linux that is CLOCK_MONOTONIC, one clock for every process, so parent and
+replicas agree on it. Every replica decodes step after step, notes when each step completed, and stops at the
+first step completed at or past the deadline. Aggregate tokens/s counts only the steps completed inside the common
+window, while every replica was decoding (see `_aggregate`), so a replica that runs on alone is not counted.
 With MPS, gpuprof runs its own MPS control daemon in a private pipe directory under a temp dir and quits it
 afterwards. Every exit path (normal end, a replica failing, a timeout, Ctrl-C, SIGTERM) kills the replicas' process
-groups and quits the daemon; a replica also dies with its parent (Linux PR_SET_PDEATHSIG) if gpuprof is killed.
+groups and quits the daemon; a replica also dies with its parent (Linux PR_SET_PDEATHSIG, which the replica sets
+on itself) if gpuprof is killed.
 
 The parent never initialises CUDA: the replicas alone hold contexts, under MPS or not.
 """
@@ -38,6 +42,7 @@ CONTROL = "nvidia-cuda-mps-control"
 PREFIX = "gpuprof-replica"  # the worker's protocol lines on stdout start with this; anything else is ignored
 MPS_ENV = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
 MODES = ("no-mps", "mps")
+PARENT_ENV = "GPUPROF_PARENT"  # the pid of the gpuprof that started a replica, which the replica watches
 
 
 @dataclass(frozen=True)
@@ -160,10 +165,17 @@ def plain_env() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: Linux kills it when gpuprof dies, so a killed gpuprof leaves no replica."""
+def die_with_parent(parent: int) -> None:
+    """In the replica itself: Linux kills it when gpuprof dies, so a killed gpuprof leaves no replica behind.
+
+    Set here rather than through Popen's preexec_fn, which Python documents as unsafe while the parent runs
+    threads (it does: one reader per replica). A parent that died before this call would go unwatched; then this
+    process's parent is no longer `parent`, and the replica stops at once.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(f"gpuprof (process {parent}) is gone, so this replica stops.")
 
 
 def _stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -185,7 +197,7 @@ def worker_command() -> list[str]:
 
 
 class ReplicaSet:
-    """R replica processes speaking the worker protocol: `PREFIX ready`, then `go` on stdin, then `PREFIX result`."""
+    """R replica processes speaking the worker protocol: `PREFIX ready`, `go DEADLINE` on stdin, `PREFIX result`."""
 
     def __init__(self, specs: Sequence[ReplicaSpec], env: Mapping[str, str], command: Sequence[str] | None = None,
                  log_dir: Path | None = None) -> None:
@@ -218,9 +230,9 @@ class ReplicaSet:
         log = self.log_dir / f"replica-{index}.stderr"
         self.logs.append(log)
         with open(log, "w") as err:
-            proc = subprocess.Popen([*self.command, spec.to_json()], env={**self.env, "GPUPROF_REPLICA": str(index)},
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            env = {**self.env, "GPUPROF_REPLICA": str(index), PARENT_ENV: str(os.getpid())}
+            proc = subprocess.Popen([*self.command, spec.to_json()], env=env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1, start_new_session=True)
         self.procs.append(proc)
         reader = threading.Thread(target=self._read, args=(index, proc), daemon=True)
         reader.start()
@@ -260,9 +272,10 @@ class ReplicaSet:
                 raise self._failure(index, kind, payload)
             ready.add(index)
 
-    def go(self) -> None:
+    def go(self, deadline: float) -> None:
+        """Start every replica; each decodes until `deadline`, a time.monotonic() value shared by all processes."""
         for proc in self.procs:
-            proc.stdin.write("go\n")
+            proc.stdin.write(f"go {deadline!r}\n")
             proc.stdin.flush()
 
     def results(self, timeout_s: float) -> list[dict]:
@@ -373,37 +386,49 @@ def run_replicas(
             point["device_used_bytes"] = _device_used_bytes() if spec.device == "cuda" else None
             for c in collectors:
                 c.start(point)
-            t0 = time.perf_counter()
-            group.go()
+            group.go(time.monotonic() + spec.duration_s)
             results = group.results(spec.duration_s + 120.0)
-            elapsed = time.perf_counter() - t0
             counters: dict = {}
             for c in collectors:
                 counters.update(c.stop(point))
+            point.update(_aggregate(results, spec.batch), **counters, status="ok")
         except ReplicaFailed as e:
             point.update(status=e.status, error=str(e))
             return point
-    point.update(_aggregate(results, spec.batch), **counters, status="ok")
-    joules = counters.get("nvml_energy_j")
-    if joules is None and counters.get("nvml_power_w") is not None:
-        joules = counters["nvml_power_w"] * elapsed
-    if joules is not None:
-        point["joules_per_token"] = joules / point["tokens"]
+    # the collectors' window is a little longer than the common one: their mean power stands for the common window's
+    if counters.get("nvml_power_w") is not None:
+        point["joules_per_token"] = counters["nvml_power_w"] / point["tokens_per_s"]
     return point
 
 
 def _aggregate(results: list[dict], batch: int) -> dict:
+    """Aggregate tokens/s over the common window, the time during which every replica was decoding.
+
+    Each replica reports `start` (when it could begin its first step) and `ends` (when each step completed), all
+    time.monotonic() values. The common window runs from the latest start to the earliest last end: before it some
+    replica had not begun, after it some replica had stopped and the rest had the GPU to themselves. A replica's
+    tokens are batch x its steps completed in (window start, window end]; a step that began before the window
+    counts whole and one still running at its end not at all, so each replica's count is off by at most one step.
+    tokens_per_s = all replicas' tokens / window length. Step latency is the median of each replica's median step.
+    """
+    start = max(r["start"] for r in results)
+    end = min(r["ends"][-1] for r in results)
+    steps = [sum(1 for t in r["ends"] if start < t <= end) for r in results]
+    if end <= start or 0 in steps:
+        raise ReplicaFailed("the replicas did not all complete a step while all were decoding; "
+                            "give them a longer --duration.")
+    window_s = end - start
     step_ms = [r["step_ms"] for r in results]
     memory = [r.get("memory_bytes") for r in results]
     return {
-        "tokens_per_s": sum(r["tokens_per_s"] for r in results),
+        "tokens_per_s": sum(steps) * batch / window_s,
         "step_ms": statistics.median(step_ms),
         "time_us": statistics.median(step_ms) * 1e3,
         "replica_step_ms": step_ms,
-        "replica_tokens_per_s": [r["tokens_per_s"] for r in results],
+        "replica_tokens_per_s": [n * batch / window_s for n in steps],
         "memory_bytes": sum(memory) if None not in memory else None,
-        "tokens": sum(r["steps"] * batch for r in results),
-        "window_s": max(r["window_s"] for r in results),
+        "tokens": sum(steps) * batch,
+        "window_s": window_s,
     }
 
 
@@ -463,36 +488,64 @@ def _vs_single(point: dict, earlier: list[dict]) -> float | None:
 # ---------------------------------------------------------------------------------------------------- the worker
 
 
-def decode_window(step: Callable[[], object], sync: Callable[[], None], duration_s: float, cuda: bool,
-                  chunk: int = 16) -> dict:
-    """Back-to-back steps for duration_s, timed per step (CUDA events, or the wall clock on the CPU)."""
-    import torch
+class HostMark:
+    """The point after a step on the CPU, where a step is done when step() returns: the time then."""
 
+    def __init__(self) -> None:
+        self.time = time.monotonic()
+
+    def wait(self) -> float:
+        return self.time
+
+    def ms_since(self, earlier: HostMark) -> float:
+        return (self.time - earlier.time) * 1e3
+
+
+class CudaMark:
+    """A CUDA event queued after a step: wait() returns the host's time once the GPU has passed it."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.event = torch.cuda.Event(enable_timing=True)
+        self.event.record()
+
+    def wait(self) -> float:
+        self.event.synchronize()
+        return time.monotonic()
+
+    def ms_since(self, earlier: CudaMark) -> float:
+        return earlier.event.elapsed_time(self.event)
+
+
+def decode_window(step: Callable[[], object], deadline: float, mark: Callable[[], HostMark | CudaMark]) -> dict:
+    """Steps back to back until the first one completed at or past `deadline` (time.monotonic()).
+
+    Returns when the first step could begin (`start`), when each step completed (`ends`) and the step times. One
+    step stays queued behind the one waited for, so the GPU does not idle between steps while the host looks at
+    the clock; that queued step ends after the deadline and counts nowhere.
+    """
+    before = mark()
+    start = before.wait()
+    step()
+    current = mark()
+    ends: list[float] = []
     samples_ms: list[float] = []
-    steps = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < duration_s:
-        if cuda:
-            events = [torch.cuda.Event(enable_timing=True) for _ in range(chunk + 1)]
-            events[0].record()
-            for e in events[1:]:
-                step()
-                e.record()
-            sync()
-            samples_ms += [a.elapsed_time(b) for a, b in zip(events, events[1:])]
-        else:
-            for _ in range(chunk):
-                s0 = time.perf_counter()
-                step()
-                samples_ms.append((time.perf_counter() - s0) * 1e3)
-        steps += chunk
-    window_s = time.perf_counter() - t0
-    return {"steps": steps, "window_s": window_s, "step_ms": statistics.median(samples_ms),
+    while True:
+        step()
+        queued = mark()
+        ends.append(current.wait())
+        samples_ms.append(current.ms_since(before))
+        if ends[-1] >= deadline:
+            break
+        before, current = current, queued
+    queued.wait()
+    return {"start": start, "ends": ends, "step_ms": statistics.median(samples_ms),
             "step_ms_min": min(samples_ms), "step_ms_max": max(samples_ms)}
 
 
 def worker_main(spec: ReplicaSpec, stdin=None, stdout=None) -> int:
-    """The replica process: prepare, say ready, wait for go, decode for the window, report."""
+    """The replica process: prepare, say ready, wait for go and the deadline, decode until it, report."""
     import torch
 
     from gpuprof.decode import build_decoder, make_backend, prepare_batch
@@ -520,12 +573,11 @@ def worker_main(spec: ReplicaSpec, stdin=None, stdout=None) -> int:
         say("result", {"status": "error", "error": str(e)})
         return 0
     cuda = decoder.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     say("ready")
-    if stdin.readline().strip() != "go":
+    words = stdin.readline().split()
+    if len(words) != 2 or words[0] != "go":
         return 0  # the parent gave up on this run
-    result = decode_window(prepared.step, sync, spec.duration_s, cuda)
-    result["tokens_per_s"] = result["steps"] * spec.batch / result["window_s"]
+    result = decode_window(prepared.step, float(words[1]), CudaMark if cuda else HostMark)
     result["memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     say("result", {"status": "ok", **result})
     return 0
@@ -534,4 +586,5 @@ def worker_main(spec: ReplicaSpec, stdin=None, stdout=None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
         sys.exit("usage: python -m gpuprof.replicate --worker SPEC_JSON (started by `gpuprof replicate`)")
+    die_with_parent(int(os.environ.get(PARENT_ENV, os.getppid())))  # first, before the slow part
     sys.exit(worker_main(ReplicaSpec.from_json(sys.argv[2])))

@@ -278,6 +278,8 @@ def test_cli_counters_go_through_gpuprof_counters(tmp_path, tiny_config, monkeyp
         (("--linear", "fast"), "--linear takes triton, cuda and cublas"),
         (("--model", "gpt-5"), "unknown model 'gpt-5'"),
         (("--max-time", "0"), "--max-time must be positive"),
+        (("--max-time", "nan"), "--max-time must be positive and finite"),
+        (("--max-time", "inf"), "--max-time must be positive and finite"),
     ],
 )
 def test_cli_mistakes_are_one_sentence(args, message, tiny_config):

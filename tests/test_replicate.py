@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,14 @@ from gpuprof.replicate import MpsDaemon, ReplicaSpec, plan, replicate, run_repli
 
 FAKE_WORKER = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys, time
     spec = json.loads(sys.argv[-1])
     index = int(os.environ["GPUPROF_REPLICA"])
     mode = os.environ.get("FAKE_WORKER", "ok")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a replica stopped early leaves no empty pid file
     with open(os.path.join(os.environ["FAKE_PIDS"], str(os.getpid())), "w") as f:
         f.write(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", ""))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print("loading weights ...", flush=True)  # not protocol: ignored
     if mode == "fail" and index == 1:
         print("Traceback ...\\nRuntimeError: replica one broke", file=sys.stderr)
@@ -41,15 +44,23 @@ FAKE_WORKER = textwrap.dedent(
     if mode == "hang":
         time.sleep(600)
     print("gpuprof-replica ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
+    words = sys.stdin.readline().split()
+    if words[:1] != ["go"]:
         sys.exit(0)
+    deadline = float(words[1])
     if mode == "die-after-go" and index == 0:
         sys.exit(5)
-    time.sleep(spec["duration_s"])
-    steps = 10 * (index + 1)
+    period = float(os.environ.get("FAKE_PERIOD", "0.02")) * (index + 1)  # replicas of different speeds
+    start, ends = time.monotonic(), []
+    while not ends or ends[-1] < deadline:
+        time.sleep(period)
+        ends.append(time.monotonic())
+    if mode == "overrun" and index == 0:  # runs on after the deadline, fast, as if alone on the GPU
+        for _ in range(100):
+            time.sleep(0.002)
+            ends.append(time.monotonic())
     print("gpuprof-replica result " + json.dumps({
-        "status": "ok", "steps": steps, "window_s": spec["duration_s"], "step_ms": 2.0 + index,
-        "tokens_per_s": steps * spec["batch"] / spec["duration_s"], "memory_bytes": 1000}), flush=True)
+        "status": "ok", "start": start, "ends": ends, "step_ms": 2.0 + index, "memory_bytes": 1000}), flush=True)
     """
 )
 
@@ -137,10 +148,63 @@ def test_replicas_report_and_leave_nothing_behind(fakes, mps):
     assert point["status"] == "ok", point["error"]
     assert point["replicas"] == 3 and point["total_batch"] == 12 and point["mps"] is mps
     assert point["replica_step_ms"] == [2.0, 3.0, 4.0] and point["step_ms"] == 3.0
-    assert point["tokens"] == (10 + 20 + 30) * 4
-    assert point["tokens_per_s"] == pytest.approx(point["tokens"] / 0.2)
+    assert point["tokens"] > 0 and point["tokens_per_s"] == pytest.approx(point["tokens"] / point["window_s"])
     assert point["memory_bytes"] == 3000 and point["model"] == "llama-2-7b"
     assert_cleaned_up(fakes, mps)
+
+
+@pytest.mark.parametrize("mode", ["ok", "overrun"])
+def test_aggregate_counts_only_the_common_window(fakes, monkeypatch, mode):
+    """Replicas of different speeds (10, 20, 30 ms a step); with "overrun", replica 0 runs on alone, fast, after
+    the deadline. Only the window in which all three decode counts, so the aggregate is the sum of their speeds."""
+    monkeypatch.setenv("FAKE_WORKER", mode)
+    monkeypatch.setenv("FAKE_PERIOD", "0.01")
+    point = run_replicas(replace(SPEC, duration_s=1.0), 3, False, command=fakes.command)
+    assert point["status"] == "ok", point["error"]
+    each = [4 / 0.01, 4 / 0.02, 4 / 0.03]  # tokens/s of each replica at its own speed
+    assert point["replica_tokens_per_s"] == pytest.approx(each, rel=0.2)
+    assert point["tokens_per_s"] == pytest.approx(sum(each), rel=0.15)
+    assert 0.8 < point["window_s"] < 1.2
+
+
+def test_common_window_definition():
+    """Window = (latest start, earliest last end]; steps completed inside it count, whole."""
+    results = [
+        {"start": 0.0, "ends": [0.1 * i for i in range(1, 11)], "step_ms": 100.0},  # 10 steps up to 1.0
+        {"start": 0.05, "ends": [0.3, 0.55, 0.8, 1.05], "step_ms": 250.0},
+        {"start": 0.0, "ends": [0.1 * i for i in range(1, 11)] + [1.0 + 0.02 * i for i in range(1, 26)],
+         "step_ms": 100.0},  # ran on alone until 1.5: not counted
+    ]
+    point = rep._aggregate(results, batch=2)
+    assert point["window_s"] == pytest.approx(0.95)
+    assert point["tokens"] == (10 + 3 + 10) * 2  # the steps ending in (0.05, 1.0]
+    assert point["tokens_per_s"] == pytest.approx(46 / 0.95)
+    assert point["replica_tokens_per_s"] == pytest.approx([20 / 0.95, 6 / 0.95, 20 / 0.95])
+    assert point["step_ms"] == 100.0 and point["replica_step_ms"] == [100.0, 250.0, 100.0]
+
+
+def test_replicas_whose_windows_do_not_overlap_are_an_error():
+    results = [{"start": 0.0, "ends": [0.5, 1.0], "step_ms": 1.0}, {"start": 1.1, "ends": [1.2], "step_ms": 1.0}]
+    with pytest.raises(rep.ReplicaFailed, match="longer --duration"):
+        rep._aggregate(results, batch=1)
+
+
+def test_decode_window_checks_the_deadline_after_every_step():
+    deadline = time.monotonic() + 0.2
+    window = rep.decode_window(lambda: time.sleep(0.01), deadline, rep.HostMark)
+    ends = window["ends"]
+    assert window["start"] < ends[0] and ends == sorted(ends)
+    assert ends[-2] < deadline <= ends[-1] < deadline + 0.05  # stopped at the first step past the deadline
+    assert 9 <= window["step_ms"] < 20
+
+
+def test_monotonic_clock_is_shared_by_processes():
+    """The deadline is a time.monotonic() value read in other processes: on Linux that is CLOCK_MONOTONIC."""
+    if sys.platform.startswith("linux"):
+        assert time.get_clock_info("monotonic").implementation == "clock_gettime(CLOCK_MONOTONIC)"
+    child = float(subprocess.run([sys.executable, "-c", "import time; print(time.monotonic())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    assert abs(child - time.monotonic()) < 5.0
 
 
 @pytest.mark.parametrize("mode, status, message", [
@@ -171,6 +235,74 @@ INTERRUPTED = textwrap.dedent(
     replicate(spec, [2], modes=["mps"], baseline=False, command=[sys.executable, sys.argv[1]])
     """
 )
+
+
+def test_replicas_are_started_without_preexec_fn(fakes, monkeypatch):
+    """preexec_fn is unsafe while the reader threads of earlier replicas run: the replica sets PDEATHSIG itself."""
+    started = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(kwargs)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    assert run_replicas(SPEC, 2, False, command=fakes.command)["status"] == "ok"
+    assert len(started) == 2 and not any(kw.get("preexec_fn") for kw in started)
+    assert {kw["env"][rep.PARENT_ENV] for kw in started} == {str(os.getpid())}
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed grandchild may wait a while for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_worker_whose_gpuprof_is_already_gone_stops_at_once(tiny_config):
+    spec = ReplicaSpec(model=str(tiny_config), batch=1, ctx=8, impl="torch", device="cpu")
+    env = {**os.environ, rep.PARENT_ENV: "1"}  # not our pid: as if gpuprof died and the worker was reparented
+    done = subprocess.run([*rep.worker_command(), spec.to_json()], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "gpuprof (process 1) is gone" in done.stderr
+    assert "gpuprof-replica" not in done.stdout
+
+
+KILLED_PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from gpuprof.replicate import ReplicaSet, ReplicaSpec, plain_env
+    group = ReplicaSet([ReplicaSpec.from_json(sys.argv[1])], plain_env(), log_dir=Path(sys.argv[2])).__enter__()
+    group.wait_ready(120)
+    group.go(time.monotonic() + 600)
+    print(group.procs[0].pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_decoding_replica_dies_with_its_gpuprof(tmp_path, tiny_config):
+    """gpuprof killed with SIGKILL (no cleanup runs): the replica, mid-window, goes too (PR_SET_PDEATHSIG)."""
+    spec = ReplicaSpec(model=str(tiny_config), batch=1, ctx=8, impl="torch", device="cpu")
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, spec.to_json(), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        replica = int(parent.stdout.readline())
+        time.sleep(0.3)
+        assert running(replica), "the replica should be decoding"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while running(replica) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = running(replica)
+    if left:  # leave no orphan behind when this fails
+        os.killpg(replica, signal.SIGKILL)
+    assert not left
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -225,12 +357,18 @@ def test_spec_round_trips_through_json():
     assert ReplicaSpec.from_json(spec.to_json()) == spec
 
 
-def test_real_worker_on_the_cpu(tmp_path):
-    """The real `python -m gpuprof.replicate --worker` protocol, with the torch model on the CPU."""
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
                                   "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 96,
                                   "vocab_size": 97, "max_position_embeddings": 256, "hidden_act": "silu"}))
+    return config
+
+
+def test_real_worker_on_the_cpu(tmp_path, tiny_config):
+    """The real `python -m gpuprof.replicate --worker` protocol, with the torch model on the CPU."""
+    config = tiny_config
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["replicate", "--model", str(config), "--device", "cpu", "--impl", "torch",
                                   "--mps", "off", "--replicas", "2", "--batch", "2", "--ctx", "16",
@@ -246,11 +384,37 @@ def test_real_worker_on_the_cpu(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--device", "cpu", "--mps", "on"), "with --device cpu use --mps off"),
     (("--device", "cpu", "--mps", "off", "--duration", "0"), "--duration must be positive"),
+    (("--device", "cpu", "--mps", "off", "--duration", "nan"), "--duration must be positive and finite"),
+    (("--device", "cpu", "--mps", "off", "--duration", "inf"), "--duration must be positive and finite"),
+    (("--device", "cpu", "--mps", "off", "--duration", "-1"), "--duration must be positive and finite"),
+    (("--device", "cpu", "--mps", "off", "--ready-timeout", "nan"), "--ready-timeout must be positive and finite"),
     (("--device", "cpu", "--mps", "off", "--replicas", "two"), "--replicas takes whole numbers"),
 ])
 def test_cli_mistakes_are_one_sentence(args, message):
     r = CliRunner().invoke(main, ["replicate", "--model", "opt-1.3b", "--batch", "4", *args])
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_cli_checks_the_context_before_starting_replicas(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["replicate", "--model", str(tiny_config), "--device", "cpu", "--mps", "off",
+                                  "--batch", "2", "--ctx", "600", "--out", str(out)])
+    assert r.exit_code == 1 and "a context of 600 plus 0 decoded tokens exceeds" in r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_cli_fails_when_every_point_failed(monkeypatch):
+    from gpuprof.cli import replicate as cli
+
+    def failing(spec, counts, **kwargs):
+        return [{"mode": "no-mps", "replicas": 1, "batch": 4, "total_batch": 4, "status": "oom",
+                 "error": "replica 0: out of device memory."}]
+
+    monkeypatch.setattr(cli, "replicate", failing)
+    r = CliRunner().invoke(main, ["replicate", "--model", "opt-1.3b", "--batch", "4", "--device", "cpu",
+                                  "--mps", "off", "--replicas", "1"])
+    assert r.exit_code == 1 and "every run failed; the first with: replica 0: out of device memory." in r.output
+    assert "Traceback" not in r.output
 
 
 def test_cli_needs_a_gpu_unless_told_cpu(monkeypatch):

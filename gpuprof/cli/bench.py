@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import click
@@ -47,6 +48,13 @@ def int_list(text: str | None, name: str, minimum: int = 1) -> list[int] | None:
         what = "positive whole numbers" if minimum == 1 else f"whole numbers of at least {minimum}"
         raise GpuprofError(f"{flag} takes {what} separated by commas, not {text!r}.")
     return values
+
+
+def positive_seconds(value: float, flag: str) -> float:
+    """A time limit the user gave; nan and inf would pass a plain `> 0` check and then break the loops they bound."""
+    if not math.isfinite(value) or value <= 0:
+        raise GpuprofError(f"{flag} must be positive and finite (seconds), not {value}.")
+    return value
 
 
 # page_size 0 selects the contiguous cache layout.

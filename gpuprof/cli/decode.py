@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
-from gpuprof.cli.bench import check_outputs, int_list, name_list
+from gpuprof.cli.bench import check_outputs, int_list, name_list, positive_seconds
 from gpuprof.cli.output import console, print_json, print_table
 from gpuprof.decode import build_decoder, make_backend
 from gpuprof.decode_bench import STEP_TIMING, DecodeSettings, make_collectors, run_decode
@@ -78,11 +78,10 @@ def command(model_name, batches, ctx, steps, dtype, impl, attention_impl, linear
         use_triton_interpreter()
     shape = get_model(model_name)
     batch_list = int_list(batches, "batch")
+    positive_seconds(max_time, "--max-time")
     check_outputs(out, csv_path)
     backend = make_backend(impl, attention_impl, linear_list(linear_impls))
     collectors = make_collectors(counters)
-    if max_time <= 0:
-        raise GpuprofError(f"--max-time must be positive, not {max_time}.")
     settings = DecodeSettings(ctx=ctx, steps=steps, page_size=page_size, seed=seed,
                               use_graph=False if no_graph else None, timing=replace(STEP_TIMING, max_time_s=max_time))
     gpu = info() if device == "cuda" else None

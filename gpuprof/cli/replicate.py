@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from gpuprof import peaks as peaks_lib
-from gpuprof.cli.bench import int_list
+from gpuprof.cli.bench import int_list, positive_seconds
 from gpuprof.cli.decode import linear_list, open_run, show
 from gpuprof.cli.output import console
+from gpuprof.decode import check_context
 from gpuprof.decode_bench import make_collectors
 from gpuprof.device import require_gpu, use_triton_interpreter
 from gpuprof.errors import GpuprofError
@@ -51,9 +52,10 @@ def command(model_name, replica_counts, batch, ctx, mps, no_baseline, duration, 
     else:
         use_triton_interpreter()
     shape = get_model(model_name)  # a clear error now, not in every replica
+    check_context(shape, ctx)  # else every replica starts, fails the same way, and the run looks done
     counts = int_list(replica_counts, "replicas")
-    if duration <= 0:
-        raise GpuprofError(f"--duration must be positive, not {duration}.")
+    positive_seconds(duration, "--duration")
+    positive_seconds(ready_timeout, "--ready-timeout")
     modes = {"both": MODES, "on": ("mps",), "off": ("no-mps",)}[mps]
     if device == "cpu" and "mps" in modes:
         raise GpuprofError("MPS shares a GPU; with --device cpu use --mps off.")
@@ -78,3 +80,5 @@ def command(model_name, replica_counts, batch, ctx, mps, no_baseline, duration, 
     points = replicate(spec, counts, modes=modes, baseline=not no_baseline, collectors=collectors,
                        ready_timeout_s=ready_timeout, on_point=on_point)
     show(points, COLUMNS, f"replicas of {shape.name}, ctx {ctx}, {dtype}, {impl}", gpu, run, csv_path, as_json)
+    if not any(p["status"] == "ok" for p in points):  # nothing measured: scripts must not take it for success
+        raise GpuprofError(f"every run failed; the first with: {points[0]['error']}")
