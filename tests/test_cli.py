@@ -67,6 +67,8 @@ def test_peaks_show_datasheet(no_gpu, tmp_path, monkeypatch):
         (("bench", "copy", "--dtype", "fp32,fp8", "--device", "cpu", "--n", "4"), "unknown dtype 'fp8'"),
         (("bench", "copy", "--device", "cpu"), "copy needs --n (elements); for example --n 100000000."),
         (("bench", "read", "--device", "cpu"), "read needs --n (elements); for example --n 100000000."),
+        (("bench", "copy", "--device", "cpu", "--n", "4", "--max-time", "nan"), "--max-time must be positive"),
+        (("bench", "copy", "--device", "cpu", "--n", "4", "--max-time", "0"), "--max-time must be positive"),
         (("bench", "matmul", "--m", "4", "--device", "cpu"),
          "matmul needs --n (columns of B and C), --k (columns of A, rows of B); for example --m 1,64"),
     ],

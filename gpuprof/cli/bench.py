@@ -99,6 +99,7 @@ def command(kernel, impls, dtypes, out, csv_path, max_time, device, counters_tex
             **shape_lists) -> None:
     """Check every implementation of KERNEL against its reference, then time it, on each shape of the grid."""
     op = get_op(kernel)
+    positive_seconds(max_time, "--max-time")
     counters = counter_names(counters_text, device)
     if device == "cuda":
         require_gpu("gpuprof bench")
