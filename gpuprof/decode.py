@@ -6,7 +6,8 @@ the paged cache; GEMV or cuBLAS per weight shape, chosen by measurement) or on p
 
 The step's small work goes through the backend too. At decode batch sizes it moves kilobytes, so its cost is the
 number of kernels: plain torch launches about fifty per layer (casts, the norms' reductions, the two rotations,
-the cache scatters), which on a 1B model costs as much as the weights take to read. The gpuprof backend fuses it
+the cache scatters); counted at a few microseconds each (an estimate, not yet measured), that rivals the time a
+1B model's weights take to read. The gpuprof backend fuses it
 into three kernels per layer (`gpuprof.kernels`: residual add + norm twice, rotary + cache write, gated
 activation). On a GPU the whole step is captured as one CUDA graph per batch size.
 """
